@@ -1,0 +1,109 @@
+"""One ExeScript batch as the execution unit tracks it: its results so far and its live events.
+
+Results are kept whole (they are small: a captured output is bounded by its capture mode), so
+``GetExecBatchResults`` can be answered at any time, waiting for a given command index. Runtime
+events go only to the subscriptions open when they happen, each a bounded queue: a slow
+subscriber slows the command's output down (back-pressure) rather than growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from types import TracebackType
+
+from ...protocol.exescript import Command
+from ...protocol.results import CommandResult, RuntimeEvent
+
+SUBSCRIPTION_QUEUE = 256
+
+
+class EventSubscription:
+    """Live runtime events of one batch; iterate it, and close it when done (``async with``)."""
+
+    _END = object()
+
+    def __init__(self, batch: Batch):
+        self._batch = batch
+        self._queue: asyncio.Queue[object] = asyncio.Queue(SUBSCRIPTION_QUEUE)
+        self._ended = False
+        if batch.finished.is_set():
+            self._queue.put_nowait(self._END)
+        else:
+            batch._subscriptions.add(self)
+
+    def __aiter__(self) -> EventSubscription:
+        return self
+
+    async def __anext__(self) -> RuntimeEvent:
+        if self._ended:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if item is self._END:
+            self._ended = True
+            raise StopAsyncIteration
+        assert isinstance(item, RuntimeEvent)
+        return item
+
+    async def aclose(self) -> None:
+        self._ended = True
+        self._batch._subscriptions.discard(self)
+        # Unblock a publisher waiting on our full queue.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def __aenter__(self) -> EventSubscription:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class Batch:
+    def __init__(self, batch_id: str, commands: Sequence[Command]):
+        self.id = batch_id
+        self.commands = list(commands)
+        self.results: list[CommandResult] = []
+        self.current: int | None = None
+        self.finished = asyncio.Event()
+        self.cancel_requested = False
+        self.task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+        self._subscriptions: set[EventSubscription] = set()
+
+    async def publish(self, event: RuntimeEvent) -> None:
+        for sub in list(self._subscriptions):
+            if not sub._ended:
+                await sub._queue.put(event)
+
+    async def add_result(self, result: CommandResult) -> None:
+        self.results.append(result)
+        if result.is_batch_finished:
+            self.current = None
+            self.finished.set()
+            for sub in list(self._subscriptions):
+                if not sub._ended:
+                    await sub._queue.put(EventSubscription._END)
+            self._subscriptions.clear()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_results(
+        self, command_index: int | None = None, timeout: float | None = None
+    ) -> list[CommandResult]:
+        """Results so far; with ``command_index``, first wait until that command has finished.
+
+        Raises :class:`TimeoutError` if ``timeout`` passes first.
+        """
+
+        def ready() -> bool:
+            if command_index is None or self.finished.is_set():
+                return True
+            return any(r.index >= command_index for r in self.results)
+
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                await self._changed.wait_for(ready)
+        return list(self.results)

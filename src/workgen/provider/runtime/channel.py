@@ -1,0 +1,249 @@
+"""Host side of the supervisor protocol (see ``supervisor.py``).
+
+A :class:`SupervisorChannel` starts the supervisor process (inside bubblewrap, or directly for
+the unsandboxed runtime), spawns commands through it, routes their output to per-command
+callbacks and reports their exit. It is opened with :func:`open_channel`, which owns the reader
+task: nothing outlives the ``async with`` block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .supervisor import SOURCE, SOURCE_MARKER
+
+log = logging.getLogger(__name__)
+
+READY, SPAWNED, FAILED, STDOUT, STDERR, EXIT, USAGE = 1, 2, 3, 4, 5, 6, 7
+_HEADER = struct.Struct("!BII")
+
+OutputCallback = Callable[[int, bytes], Awaitable[None]]
+"""Called with ``1`` (stdout) or ``2`` (stderr) and a chunk; awaiting it applies back-pressure."""
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be started, or a command could not be spawned in it."""
+
+
+class SandboxLost(SandboxError):
+    """The sandbox's supervisor went away while we still used it (killed, crashed)."""
+
+
+@dataclass
+class Exit:
+    return_code: int
+    """The exit status, or minus the signal number that killed the process."""
+    note: str | None = None
+
+
+@dataclass
+class CommandHandle:
+    id: int
+    pid: int
+    exited: asyncio.Future[Exit]
+
+
+@dataclass
+class _Pending:
+    on_output: OutputCallback
+    spawned: asyncio.Future[int]
+    exited: asyncio.Future[Exit] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class SupervisorChannel:
+    def __init__(self, process: asyncio.subprocess.Process):
+        self._process = process
+        self._commands: dict[int, _Pending] = {}
+        self._usage: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 1
+        self._closing = False
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost: SandboxLost | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def _send(self, request: Mapping[str, Any]) -> None:
+        if self.lost is not None:
+            raise self.lost
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(request).encode() + b"\n")
+
+    async def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: str, on_output: OutputCallback
+    ) -> CommandHandle:
+        """Start a command; raises :class:`SandboxError` if it cannot be started."""
+        cid = self._next_id
+        self._next_id += 1
+        loop = asyncio.get_running_loop()
+        pending = _Pending(on_output, loop.create_future())
+        self._commands[cid] = pending
+        try:
+            self._send({"op": "spawn", "id": cid, "argv": list(argv), "env": dict(env), "cwd": cwd})
+            pid = await pending.spawned
+        except BaseException:
+            self._commands.pop(cid, None)
+            raise
+        return CommandHandle(cid, pid, pending.exited)
+
+    def kill(self, cid: int, sig: int = signal.SIGKILL) -> None:
+        """Signal the process group of a running command (no-op once it has exited)."""
+        if cid in self._commands and self.lost is None:
+            self._send({"op": "kill", "id": cid, "sig": int(sig)})
+
+    async def cpu_seconds(self) -> float:
+        """CPU time used so far by every process of the sandbox, living or reaped."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        key = self._next_id
+        self._next_id += 1
+        self._usage[key] = fut
+        try:
+            self._send({"op": "usage", "id": key})
+            return float((await fut)["cpu_sec"])
+        finally:
+            self._usage.pop(key, None)
+
+    async def _read_frames(self) -> None:
+        reader = self._process.stdout
+        assert reader is not None
+        try:
+            while True:
+                header = await reader.readexactly(_HEADER.size)
+                kind, cid, length = _HEADER.unpack(header)
+                payload = await reader.readexactly(length) if length else b""
+                await self._dispatch(kind, cid, payload)
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            self._mark_lost()
+
+    async def _dispatch(self, kind: int, cid: int, payload: bytes) -> None:
+        if kind in (STDOUT, STDERR):
+            pending = self._commands.get(cid)
+            if pending is not None:
+                await pending.on_output(1 if kind == STDOUT else 2, payload)
+        elif kind == SPAWNED:
+            pending = self._commands.get(cid)
+            if pending is not None and not pending.spawned.done():
+                pending.spawned.set_result(json.loads(payload)["pid"])
+        elif kind == FAILED:
+            pending = self._commands.pop(cid, None)
+            if pending is not None and not pending.spawned.done():
+                pending.spawned.set_exception(SandboxError(payload.decode(errors="replace")))
+        elif kind == EXIT:
+            pending = self._commands.pop(cid, None)
+            if pending is not None:
+                info = json.loads(payload)
+                if not pending.exited.done():
+                    pending.exited.set_result(Exit(int(info["code"]), info.get("note")))
+        elif kind == USAGE:
+            fut = self._usage.get(cid)
+            if fut is not None and not fut.done():
+                fut.set_result(json.loads(payload))
+        elif kind == READY:
+            if not self.ready.done():
+                self.ready.set_result(None)
+        else:
+            log.warning("unknown supervisor frame type %d", kind)
+
+    def _mark_lost(self) -> None:
+        if self.lost is None:
+            reason = "sandbox closed" if self._closing else "sandbox supervisor exited unexpectedly"
+            self.lost = SandboxLost(reason)
+        for pending in self._commands.values():
+            for fut in (pending.spawned, pending.exited):
+                if not fut.done():
+                    fut.set_exception(self.lost)
+                    fut.exception()  # retrieved here so an unawaited one doesn't warn
+        self._commands.clear()
+        for fut in self._usage.values():
+            if not fut.done():
+                fut.set_exception(self.lost)
+        if not self.ready.done():
+            self.ready.set_exception(self.lost)
+            self.ready.exception()
+
+    async def aclose(self) -> None:
+        """Kill the supervisor and, with it, every process of the sandbox; idempotent."""
+        self._closing = True
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        await self._process.wait()
+
+
+@contextlib.asynccontextmanager
+async def open_channel(
+    argv: Sequence[str],
+    *,
+    limits: Mapping[str, int],
+    user: int | None = None,
+    group: int | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> AsyncIterator[SupervisorChannel]:
+    """Start ``argv + [python, -c, supervisor]`` and yield its channel once it is ready.
+
+    ``argv`` is the wrapper (bubblewrap's command line ending with the interpreter), or just the
+    interpreter for an unsandboxed supervisor.
+    """
+    full = [*argv, "-I", "-S", "-c", SOURCE, json.dumps(dict(limits)), SOURCE_MARKER]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *full,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(env) if env is not None else {"PATH": "/usr/bin:/bin"},
+            cwd=cwd,
+            user=user,
+            group=group,
+            extra_groups=[] if group is not None else None,
+            start_new_session=True,
+            limit=1 << 20,
+        )
+    except OSError as exc:
+        raise SandboxError(f"cannot start the sandbox ({argv[0]}): {exc}") from exc
+    channel = SupervisorChannel(process)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(channel._read_frames())
+            stderr_task = tg.create_task(_drain_stderr(process))
+            try:
+                try:
+                    await channel.ready
+                except SandboxLost:
+                    await process.wait()
+                    message = (await stderr_task).strip()
+                    raise SandboxError(
+                        f"the sandbox failed to start (exit {process.returncode}): "
+                        f"{message or 'no message'}"
+                    ) from None
+                yield channel
+            finally:
+                await channel.aclose()
+    except BaseExceptionGroup as group_exc:
+        # Unwrap so callers see the real error, not a one-member group from the task group.
+        if len(group_exc.exceptions) == 1:
+            raise group_exc.exceptions[0] from None
+        raise
+
+
+async def _drain_stderr(process: asyncio.subprocess.Process) -> str:
+    """Keep the supervisor's stderr flowing; its last lines explain a failed start."""
+    assert process.stderr is not None
+    tail = b""
+    while chunk := await process.stderr.read(65536):
+        tail = (tail + chunk)[-8192:]
+        for line in chunk.decode(errors="replace").splitlines():
+            log.debug("sandbox %d: %s", process.pid, line)
+    return tail.decode(errors="replace")

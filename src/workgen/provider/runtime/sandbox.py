@@ -1,0 +1,135 @@
+"""Runtimes: where an activity's commands run.
+
+``sandbox`` (the default) puts each activity in one long-lived bubblewrap sandbox: new user, PID,
+IPC, UTS, cgroup and (unless the activity asks for ``inet``) network namespaces; the image's
+system directories read-only; a private ``/tmp``; the activity's volumes writable at their Golem
+paths; nothing else of the host. Inside, the supervisor (``supervisor.py``) spawns each command.
+When the provider runs as root, every sandbox also runs as a user id of its own, so the kernel's
+per-user limits (processes) hold per activity and no two activities share an owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .channel import SandboxError, SupervisorChannel, open_channel
+
+CONTAINER_PYTHON = "/usr/bin/python3"
+HOST_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Sandboxes of a root provider run as ids from this range, far above any real account.
+_UID_BASE = 1_000_000
+_UID_SPAN = 1_000_000
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Limits an activity's processes run under (from the agreement's offer)."""
+
+    mem_gib: float = 1.0
+    storage_gib: float = 2.0
+    max_processes: int = 256
+
+    def rlimits(self) -> dict[str, int]:
+        return {
+            # Address space is the only memory limit an unprivileged process can set on itself;
+            # it bounds each process, which is what stops a runaway allocation.
+            "as": int(self.mem_gib * (1 << 30)),
+            "fsize": int(self.storage_gib * (1 << 30)),
+            "nproc": self.max_processes,
+            "core": 0,
+        }
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    volumes: Mapping[str, Path]
+    """Container path (``/golem/work``) to the host directory that backs it."""
+    resources: Resources = field(default_factory=Resources)
+    inet: bool = False
+    rootfs: Path | None = None
+    """An image's root directory; ``None`` means the host's own system directories."""
+    hostname: str = "golem-provider"
+
+
+def sandbox_user() -> tuple[int, int] | None:
+    """A fresh (uid, gid) for one sandbox when we are root, else ``None`` (keep our own)."""
+    if os.geteuid() != 0:
+        return None
+    uid = _UID_BASE + secrets.randbelow(_UID_SPAN)
+    return uid, uid
+
+
+def owns_sandbox_uid(uid: int) -> bool:
+    return _UID_BASE <= uid < _UID_BASE + _UID_SPAN
+
+
+def find_bwrap() -> str:
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SandboxError(
+            "bubblewrap is not installed, and the 'sandbox' runtime needs it: "
+            "install it with 'apt-get install bubblewrap' (or your system's package manager)"
+        )
+    return path
+
+
+def bwrap_argv(spec: SandboxSpec) -> list[str]:
+    argv = [find_bwrap(), "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try"]
+    if not spec.inet:
+        argv.append("--unshare-net")
+    argv += ["--uid", "0", "--gid", "0", "--hostname", spec.hostname,
+             "--die-with-parent", "--new-session"]
+    root = spec.rootfs
+    if root is None:
+        for path in HOST_SYSTEM_DIRS:
+            if os.path.islink(path):
+                argv += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                argv += ["--ro-bind", path, path]
+        python = Path(CONTAINER_PYTHON)
+    else:
+        for entry in sorted(root.iterdir()):
+            target = "/" + entry.name
+            if entry.name in ("proc", "dev", "tmp", "golem"):
+                continue
+            if entry.is_symlink():
+                argv += ["--symlink", os.readlink(entry), target]
+            elif entry.is_dir():
+                argv += ["--ro-bind", str(entry), target]
+        python = root / CONTAINER_PYTHON.lstrip("/")
+    if not python.exists():
+        raise SandboxError(
+            f"the image has no {CONTAINER_PYTHON}, which the sandbox's supervisor needs "
+            "(on Debian: apt-get install python3-minimal)"
+        )
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for container_path, host_path in sorted(spec.volumes.items()):
+        argv += ["--bind", str(host_path), container_path]
+    workdir = "/golem/work" if "/golem/work" in spec.volumes else "/"
+    argv += ["--chdir", workdir, CONTAINER_PYTHON]
+    return argv
+
+
+@contextlib.asynccontextmanager
+async def open_sandbox(
+    spec: SandboxSpec, *, user: tuple[int, int] | None = None
+) -> AsyncIterator[SupervisorChannel]:
+    """Start the activity's sandbox and yield the channel to its supervisor.
+
+    Leaving the block kills every process of the sandbox.
+    """
+    env = {"PATH": DEFAULT_PATH, "HOME": "/tmp", "LANG": "C.UTF-8"}
+    uid, gid = user if user is not None else (None, None)
+    async with open_channel(
+        bwrap_argv(spec), limits=spec.resources.rlimits(), user=uid, group=gid, env=env, cwd="/"
+    ) as channel:
+        yield channel

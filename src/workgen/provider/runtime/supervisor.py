@@ -1,0 +1,269 @@
+"""The supervisor that lives inside an activity's sandbox and spawns its commands.
+
+This file runs *inside* the sandbox under the image's own ``python3`` (stdlib only, nothing of
+the host's environment), started once per activity so that each command then costs about a
+plain process spawn rather than a new set of namespaces. It is sent to the interpreter as
+source text (``python3 -c``): nothing of the project is mounted into the sandbox.
+
+Protocol on the supervisor's stdin/stdout (the host side is ``channel.py``):
+
+* requests, one JSON object per line::
+
+    {"op": "spawn", "id": 7, "argv": ["/bin/sh", "-c", "date"], "env": {...}, "cwd": "/golem/work"}
+    {"op": "kill", "id": 7, "sig": 9}
+    {"op": "usage", "id": 0}
+
+* replies, binary frames ``!BII`` (type, command id, payload length) then the payload: READY,
+  SPAWNED and FAILED (a spawn that did not happen: payload is the reason), STDOUT and STDERR
+  (raw bytes), EXIT (JSON: return code, and a note when output was left unread), USAGE (JSON).
+
+Output flows with back-pressure: when the host reads slowly the outgoing buffer fills, the
+supervisor stops reading the commands' pipes, and the commands block on their writes.
+"""
+
+SOURCE_MARKER = "workgen-supervisor"
+
+# Everything below is executed by the sandbox's interpreter; keep it stdlib-only and free of
+# syntax newer than Python 3.8.
+SOURCE = r'''
+import errno, json, os, resource, selectors, signal, struct, sys, time
+
+READY, SPAWNED, FAILED, STDOUT, STDERR, EXIT, USAGE = 1, 2, 3, 4, 5, 6, 7
+HEADER = struct.Struct("!BII")
+CHUNK = 65536
+HIGH_WATER = 1 << 20
+# After a command exits, its output pipes normally close at once; a background process that
+# inherited them may keep them open, and must not hold the command's result forever.
+EOF_GRACE = 1.0
+
+sel = selectors.DefaultSelector()
+out = bytearray()
+commands = {}
+by_pid = {}
+reading_paused = False
+finished_cpu = 0.0
+
+
+def send(kind, cid, payload=b""):
+    out.extend(HEADER.pack(kind, cid, len(payload)))
+    out.extend(payload)
+
+
+def send_json(kind, cid, obj):
+    send(kind, cid, json.dumps(obj).encode())
+
+
+class Command:
+    def __init__(self, cid, pid, fds):
+        self.cid, self.pid = cid, pid
+        self.fds = dict(fds)  # fd -> frame type
+        self.status = None
+        self.exited_at = None
+
+    def close_fd(self, fd):
+        if fd in self.fds:
+            del self.fds[fd]
+            if not reading_paused:
+                sel.unregister(fd)
+            os.close(fd)
+
+    def maybe_finish(self, now):
+        if self.status is None:
+            return
+        note = None
+        if self.fds and now - self.exited_at >= EOF_GRACE:
+            note = "a background process kept the output open; output after exit not captured"
+            for fd in list(self.fds):
+                self.close_fd(fd)
+        if not self.fds:
+            send_json(EXIT, self.cid, {"code": self.status, "note": note})
+            del commands[self.cid]
+
+
+def spawn(req):
+    cid = req["id"]
+    r_out, w_out = os.pipe()
+    r_err, w_err = os.pipe()
+    try:
+        argv = req["argv"]
+        env = req.get("env") or {}
+        cwd = req.get("cwd") or "/"
+        os.chdir(cwd)
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, w_out, 1),
+            (os.POSIX_SPAWN_DUP2, w_err, 2),
+        ]
+        spawner = os.posix_spawnp if "/" not in argv[0] else os.posix_spawn
+        pid = spawner(argv[0], argv, env, file_actions=actions, setsid=True,
+                      setsigdef=(signal.SIGPIPE, signal.SIGCHLD))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        for fd in (r_out, w_out, r_err, w_err):
+            os.close(fd)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        send(FAILED, cid, ("cannot start %r: %s" % (req.get("argv", ["?"])[0], reason)).encode())
+        return
+    os.close(w_out)
+    os.close(w_err)
+    for fd in (r_out, r_err):
+        os.set_blocking(fd, False)
+        if not reading_paused:
+            sel.register(fd, selectors.EVENT_READ, ("pipe", cid))
+    cmd = Command(cid, pid, {r_out: STDOUT, r_err: STDERR})
+    commands[cid] = cmd
+    by_pid[pid] = cmd
+    send_json(SPAWNED, cid, {"pid": pid})
+
+
+def kill(req):
+    cmd = commands.get(req["id"])
+    if cmd is None:
+        return
+    try:
+        os.killpg(cmd.pid, int(req.get("sig", signal.SIGKILL)))
+    except ProcessLookupError:
+        pass
+
+
+def cpu_seconds():
+    # Live processes' own and reaped children's CPU time add up to everything this sandbox
+    # has burnt: a process's c-times include all descendants it waited for.
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / tick
+
+
+def reap(now):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        cmd = by_pid.pop(pid, None)
+        if cmd is None:
+            continue
+        if os.WIFSIGNALED(status):
+            cmd.status = -os.WTERMSIG(status)
+        else:
+            cmd.status = os.WEXITSTATUS(status)
+        cmd.exited_at = now
+        cmd.maybe_finish(now)
+
+
+def set_reading(enabled):
+    global reading_paused
+    if enabled == (not reading_paused):
+        return
+    reading_paused = not enabled
+    for cmd in commands.values():
+        for fd in cmd.fds:
+            if enabled:
+                sel.register(fd, selectors.EVENT_READ, ("pipe", cmd.cid))
+            else:
+                sel.unregister(fd)
+
+
+def apply_limits(limits):
+    for name, value in limits.items():
+        res = getattr(resource, "RLIMIT_" + name.upper())
+        resource.setrlimit(res, (value, value))
+
+
+def main():
+    limits = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *a: None)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    apply_limits(limits)
+    stdin = sys.stdin.fileno()
+    stdout = sys.stdout.fileno()
+    os.set_blocking(stdin, False)
+    os.set_blocking(stdout, False)
+    sel.register(stdin, selectors.EVENT_READ, ("in", 0))
+    sel.register(wake_r, selectors.EVENT_READ, ("wake", 0))
+    send_json(READY, 0, {"pid": os.getpid()})
+    inbuf = b""
+    writing = False
+    while True:
+        want_write = bool(out)
+        if want_write != writing:
+            if want_write:
+                sel.register(stdout, selectors.EVENT_WRITE, ("out", 0))
+            else:
+                sel.unregister(stdout)
+            writing = want_write
+        timeout = None
+        if any(c.status is not None for c in commands.values()):
+            timeout = EOF_GRACE / 4
+        for key, _ in sel.select(timeout):
+            kind, cid = key.data
+            if kind == "pipe":
+                owner = commands.get(cid)
+                if owner is None or key.fd not in owner.fds:
+                    continue  # closed earlier in this round
+                try:
+                    data = os.read(key.fd, CHUNK)
+                except BlockingIOError:
+                    continue
+                cmd = commands.get(cid)
+                if cmd is None or key.fd not in cmd.fds:
+                    continue
+                if data:
+                    send(cmd.fds[key.fd], cid, data)
+                else:
+                    cmd.close_fd(key.fd)
+                    cmd.maybe_finish(time.monotonic())
+            elif kind == "out":
+                try:
+                    n = os.write(stdout, out)
+                except BlockingIOError:
+                    continue
+                except BrokenPipeError:
+                    return
+                del out[:n]
+            elif kind == "wake":
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
+                reap(time.monotonic())
+            else:
+                try:
+                    data = os.read(stdin, CHUNK)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return
+                inbuf += data
+                *lines, inbuf = inbuf.split(b"\n")
+                for line in lines:
+                    req = json.loads(line)
+                    op = req["op"]
+                    if op == "spawn":
+                        spawn(req)
+                    elif op == "kill":
+                        kill(req)
+                    elif op == "usage":
+                        send_json(USAGE, req["id"], {"cpu_sec": cpu_seconds()})
+        now = time.monotonic()
+        reap(now)
+        for cmd in list(commands.values()):
+            cmd.maybe_finish(now)
+        set_reading(len(out) < HIGH_WATER)
+
+
+main()
+'''
