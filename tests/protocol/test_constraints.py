@@ -108,6 +108,18 @@ def test_numbers_compare_numerically_not_lexically() -> None:
     assert holds("(x=1e3)", {"x": 1000})
 
 
+def test_numbers_with_huge_exponents_compare_without_errors() -> None:
+    assert holds("(x<1e99999999999)", {"x": 5})
+    assert holds("(x>-1e-99999999999)", {"x": 0.0})
+    assert not holds("(x=1e99999999999999999999)", {"x": 5})
+
+
+def test_object_valued_properties_never_match_a_value() -> None:
+    assert not holds("(x=1)", {"x": {"y": 1}})
+    assert not holds("(x=*1*)", {"x": {"y": 1}})
+    assert holds("(x=*)", {"x": {"y": 1}})
+
+
 def test_float_properties_compare_by_their_decimal_spelling() -> None:
     assert holds("(price=0.1)", {"price": 0.1})
     assert holds("(price<=0.3)", {"price": 0.1 + 0.2 - 0.0000000000000001})
@@ -293,7 +305,8 @@ def test_operators_combine_constraints_and_flatten_groups() -> None:
     assert a & b & c == And((a, b, c))
     assert (a | b) | c == Or((a, b, c))
     assert ~a == Not(a)
-    assert And((a,)) != Or((a,))
+    single_and: Constraint = And((a,))
+    assert single_and != Or((a,))
 
 
 def test_builder_helpers_render_python_values() -> None:

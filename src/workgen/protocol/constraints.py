@@ -30,7 +30,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import MAX_EMAX, MIN_EMIN, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 __all__ = [
@@ -247,9 +247,9 @@ def _escape(value: str, leading: bool = False) -> str:
 
 def _glob(parts: tuple[str, ...], text: str) -> bool:
     first, *middle, last = parts
-    if len(text) < len(first) + len(last):
+    if len(text) < len(first) + len(last) or not text.startswith(first):
         return False
-    if not (text.startswith(first) and text.endswith(last)):
+    if not text.endswith(last):
         return False
     position, end = len(first), len(text) - len(last)
     # Taking the leftmost occurrence of each middle piece never loses a match.
@@ -278,20 +278,19 @@ def _as_number(value: object) -> Decimal | None:
     if isinstance(value, Decimal):
         return value if value.is_finite() else None
     if isinstance(value, str) and _NUMBER_RE.fullmatch(value):
-        return Decimal(value.strip())
+        try:
+            # The default context refuses exponents past 999999, which a value may carry.
+            with localcontext(Emax=MAX_EMAX, Emin=MIN_EMIN):
+                return Decimal(value.strip())
+        except InvalidOperation:
+            return None
     return None
 
 
 def _text(value: object) -> str | None:
-    if isinstance(value, str):
-        return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (int, Decimal)):
-        return str(value)
-    return None
+    return str(value) if isinstance(value, (str, int, float, Decimal)) else None
 
 
 def _compare(item: object, op: Op, literal: str) -> bool:

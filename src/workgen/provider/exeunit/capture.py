@@ -62,6 +62,7 @@ class Collector:
         self._head = bytearray()
         self._tail = bytearray()
         self._streamed = 0
+        self._value: str | bytes | None = None
         # Always kept, whatever the mode: the end of stderr explains a failure in its message.
         self.last = bytearray()
 
@@ -98,19 +99,18 @@ class Collector:
                     del self._tail[: len(self._tail) - tail_room]
 
     async def finish(self) -> None:
+        """Called once the command has exited; call before :meth:`value` and :meth:`notes`."""
         if isinstance(self.mode, Stream) and self._text is not None:
             rest = self._text.decode(b"", final=True)
             if rest:
                 await self._emit(rest)
+        elif isinstance(self.mode, AtEnd):
+            data = bytes(self._head + self._tail)
+            self._value = data if self._text is None else self._text.decode(data, final=True)
 
     def value(self) -> str | bytes | None:
         """What goes in the result's ``stdout``/``stderr`` field."""
-        if not isinstance(self.mode, AtEnd):
-            return None
-        data = bytes(self._head + self._tail)
-        if self._text is None:
-            return data
-        return self._text.decode(data, final=True)
+        return self._value
 
     def notes(self) -> list[str]:
         notes = []

@@ -13,7 +13,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -146,7 +146,8 @@ class _open_source:
         except FileNotFoundError as exc:
             raise TransferError(f"{url!r} does not exist") from exc
         except urllib.error.HTTPError as exc:
-            raise TransferError(f"GET {url} failed: HTTP {exc.code} {exc.reason}") from exc
+            exc.close()
+            raise TransferError(f"GET {url} failed: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise TransferError(f"cannot read {url!r}: {exc}") from exc
         raise _unsupported(self._scheme, url)
@@ -181,21 +182,21 @@ def _write_file(reader: BinaryIO, target: Path, volumes: Volumes | None) -> int:
 
 
 def _http_put(reader: BinaryIO, url: str) -> int:
-    class Counting:
-        total = 0
+    sent = 0
 
-        def __iter__(self) -> object:
-            while chunk := reader.read(CHUNK):
-                Counting.total += len(chunk)
-                yield chunk
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        while chunk := reader.read(CHUNK):
+            sent += len(chunk)
+            yield chunk
 
-    body = Counting()
-    request = urllib.request.Request(url, data=iter(body), method="PUT")  # type: ignore[arg-type]
+    request = urllib.request.Request(url, data=chunks(), method="PUT")
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT):
             pass
     except urllib.error.HTTPError as exc:
-        raise TransferError(f"PUT {url} failed: HTTP {exc.code} {exc.reason}") from exc
+        exc.close()
+        raise TransferError(f"PUT {url} failed: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise TransferError(f"cannot write {url!r}: {exc}") from exc
-    return Counting.total
+    return sent

@@ -330,8 +330,11 @@ class ExeUnit:
         root = self.config.work_root
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(prefix=f"act-{self.activity_id[:12]}-", dir=root))
-        # Traversable (not listable) by the sandbox's user, which must reach its volumes.
+            if self._user is not None:
+                _check_searchable(root)
+        self._dir = Path(tempfile.mkdtemp(prefix=f"workgen-act-{self.activity_id[:12]}-",
+                                          dir=root))
+        # Searchable, not listable: the sandbox's own user must reach its volumes through it.
         os.chmod(self._dir, 0o711)
         for path in self.volumes.values():
             path.mkdir(mode=0o700)
@@ -405,7 +408,9 @@ class ExeUnit:
             raise _Failed(f"run: {exc}", return_code=127) from exc
         cid = handle.id
         try:
-            exit_ = await handle.exited
+            # Shielded: cancelling us must not cancel the exit future, which the kill below
+            # still waits for.
+            exit_ = await asyncio.shield(handle.exited)
         except SandboxLost as exc:
             await self._lost(str(exc))
             raise _Failed(f"run: the activity's sandbox was lost while the command ran ({exc})")
@@ -465,6 +470,16 @@ def _signal_name(sig: int) -> str:
         return signal.Signals(sig).name
     except ValueError:
         return f"signal {sig}"
+
+
+def _check_searchable(root: Path) -> None:
+    """Sandboxes run as other users, who must be able to pass through ``root`` to their volumes."""
+    for directory in [root.resolve(), *root.resolve().parents]:
+        if not os.stat(directory).st_mode & 0o001:
+            raise _Failed(
+                f"deploy: the work root {root} is not reachable by sandbox users: "
+                f"{directory} lacks search permission for others (chmod o+x)"
+            )
 
 
 def _remove_tree(path: Path) -> None:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 READY, SPAWNED, FAILED, STDOUT, STDERR, EXIT, USAGE = 1, 2, 3, 4, 5, 6, 7
 _HEADER = struct.Struct("!BII")
+CLOSE_TIMEOUT = 5.0
 
 OutputCallback = Callable[[int, bytes], Awaitable[None]]
 """Called with ``1`` (stdout) or ``2`` (stderr) and a chunk; awaiting it applies back-pressure."""
@@ -176,8 +177,19 @@ class SupervisorChannel:
         """Kill the supervisor and, with it, every process of the sandbox; idempotent."""
         self._closing = True
         if self._process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
+            # End of input makes the supervisor exit; bubblewrap then tears the PID namespace
+            # down and exits only once every process in it is gone, so waiting for bubblewrap
+            # waits for all of them. Killing bubblewrap would not wait for the namespace.
+            assert self._process.stdin is not None
+            with contextlib.suppress(ConnectionError):
+                self._process.stdin.close()
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await asyncio.shield(self._process.wait())
+            except TimeoutError:
+                log.warning("sandbox %d did not exit in %gs; killing it", self.pid, CLOSE_TIMEOUT)
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
         await self._process.wait()
 
 
@@ -190,6 +202,7 @@ async def open_channel(
     group: int | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> AsyncIterator[SupervisorChannel]:
     """Start ``argv + [python, -c, supervisor]`` and yield its channel once it is ready.
 
@@ -209,6 +222,7 @@ async def open_channel(
             group=group,
             extra_groups=[] if group is not None else None,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
             limit=1 << 20,
         )
     except OSError as exc:

@@ -10,7 +10,10 @@ per-user limits (processes) hold per activity and no two activities share an own
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import logging
 import os
 import secrets
 import shutil
@@ -18,7 +21,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .channel import SandboxError, SupervisorChannel, open_channel
+from .channel import CLOSE_TIMEOUT, SandboxError, SupervisorChannel, open_channel
+
+log = logging.getLogger(__name__)
 
 CONTAINER_PYTHON = "/usr/bin/python3"
 HOST_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -114,6 +119,9 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for container_path, host_path in sorted(spec.volumes.items()):
         argv += ["--bind", str(host_path), container_path]
+    # The root itself is bubblewrap's scratch tmpfs: make it read-only too, so that nothing
+    # outside the volumes and /tmp can be written.
+    argv += ["--remount-ro", "/"]
     workdir = "/golem/work" if "/golem/work" in spec.volumes else "/"
     argv += ["--chdir", workdir, CONTAINER_PYTHON]
     return argv
@@ -129,7 +137,46 @@ async def open_sandbox(
     """
     env = {"PATH": DEFAULT_PATH, "HOME": "/tmp", "LANG": "C.UTF-8"}
     uid, gid = user if user is not None else (None, None)
-    async with open_channel(
-        bwrap_argv(spec), limits=spec.resources.rlimits(), user=uid, group=gid, env=env, cwd="/"
-    ) as channel:
-        yield channel
+    info_r, info_w = os.pipe()
+    init_pidfd = -1
+    try:
+        argv = bwrap_argv(spec)
+        argv[1:1] = ["--info-fd", str(info_w)]
+        async with open_channel(argv, limits=spec.resources.rlimits(), user=uid, group=gid,
+                                env=env, cwd="/", pass_fds=(info_w,)) as channel:
+            os.close(info_w)
+            info_w = -1
+            init_pidfd = _open_init_pidfd(info_r)
+            yield channel
+        # bubblewrap exits as soon as the sandbox's init reports its end, while the kernel may
+        # still be killing the rest of the namespace; the init is gone only once they all are.
+        if init_pidfd >= 0:
+            await _wait_readable(init_pidfd, CLOSE_TIMEOUT)
+    finally:
+        for fd in (info_r, info_w, init_pidfd):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _open_init_pidfd(info_fd: int) -> int:
+    """A pidfd for the sandbox's init, from bubblewrap's ``--info-fd`` report (or -1)."""
+    os.set_blocking(info_fd, False)
+    try:
+        info = json.loads(os.read(info_fd, 4096) or b"{}")
+        return os.pidfd_open(int(info["child-pid"]))
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("cannot follow the sandbox's init process: %s", exc)
+        return -1
+
+
+async def _wait_readable(fd: int, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        async with asyncio.timeout(timeout):
+            await done
+    except TimeoutError:
+        log.warning("the sandbox's processes did not all exit within %gs", timeout)
+    finally:
+        loop.remove_reader(fd)

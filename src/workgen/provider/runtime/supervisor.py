@@ -59,6 +59,7 @@ class Command:
         self.fds = dict(fds)  # fd -> frame type
         self.status = None
         self.exited_at = None
+        self.killed = False
 
     def close_fd(self, fd):
         if fd in self.fds:
@@ -69,6 +70,14 @@ class Command:
 
     def maybe_finish(self, now):
         if self.status is None:
+            return
+        if self.killed and group_alive(self.pid):
+            # A killed command is over only when its whole group is gone (and reaped), so the
+            # next command finds the process slots free. Processes forked meanwhile get killed.
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             return
         note = None
         if self.fds and now - self.exited_at >= EOF_GRACE:
@@ -115,10 +124,24 @@ def spawn(req):
     send_json(SPAWNED, cid, {"pid": pid})
 
 
+def group_alive(pgid):
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[2]) == pgid:
+                        return True
+            except (OSError, IndexError, ValueError):
+                continue
+    return False
+
+
 def kill(req):
     cmd = commands.get(req["id"])
     if cmd is None:
         return
+    if int(req.get("sig", signal.SIGKILL)) == signal.SIGKILL:
+        cmd.killed = True
     try:
         os.killpg(cmd.pid, int(req.get("sig", signal.SIGKILL)))
     except ProcessLookupError:
@@ -207,7 +230,7 @@ def main():
             writing = want_write
         timeout = None
         if any(c.status is not None for c in commands.values()):
-            timeout = EOF_GRACE / 4
+            timeout = 0.01 if any(c.killed for c in commands.values()) else EOF_GRACE / 4
         for key, _ in sel.select(timeout):
             kind, cid = key.data
             if kind == "pipe":

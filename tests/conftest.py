@@ -1,0 +1,67 @@
+"""Test harness: async tests under a watchdog, and a check that nothing is left running."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from workgen.provider.runtime.sandbox import owns_sandbox_uid
+
+ASYNC_TEST_TIMEOUT = 90.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "watchdog(seconds): async test time limit")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Runs ``async def`` tests in a fresh event loop, cancelled if they overrun."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    marker = pyfuncitem.get_closest_marker("watchdog")
+    limit = marker.args[0] if marker else ASYNC_TEST_TIMEOUT
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+
+    async def run() -> None:
+        async with asyncio.timeout(limit):
+            await pyfuncitem.obj(**kwargs)
+
+    asyncio.run(run())
+    return True
+
+
+def sandbox_processes() -> list[tuple[int, str]]:
+    """Processes that run as a sandbox user, or are bubblewrap children of this process."""
+    found = []
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if status["State"].strip().startswith("Z"):
+            continue  # already dead, waiting for init to reap it: holds nothing
+        uid = int(status["Uid"].split()[0])
+        ppid = int(status["PPid"])
+        if owns_sandbox_uid(uid) or (ppid == me and "bwrap" in cmdline):
+            found.append((int(name), f"{status['State'].strip()} ppid={ppid} {cmdline[:120]}"))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(tmp_path: Any) -> Iterator[None]:
+    before = {pid for pid, _ in sandbox_processes()}
+    yield
+    left = [p for p in sandbox_processes() if p[0] not in before]
+    assert not left, f"processes left behind by the test: {left}"
