@@ -465,3 +465,9 @@ async def test_results_json_matches_yagna(tmp_path: Path) -> None:
     assert set(doc) == {"index", "eventDate", "result", "stdout", "stderr", "message",
                         "isBatchFinished"}
     assert CommandResult.from_json(json.loads(json.dumps(doc))) == result
+
+
+async def test_cpu_threads_limit_the_cpus_an_activity_runs_on(tmp_path: Path) -> None:
+    async with ready_unit(tmp_path, resources=Resources(cpu_threads=1)) as unit:
+        result = await run_one(unit, "nproc")
+    assert result.stdout == "1\n"

@@ -17,7 +17,7 @@ know, so a requestor talking to yagna must not rely on it there; our execution u
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
@@ -235,7 +235,8 @@ def parse_command(obj: Any, index: int = 0) -> Command:
         raise BatchFormatError(f"unknown command {name!r} (known: {known})", index=index)
     if not isinstance(body, dict):
         raise BatchFormatError(f"must be an object, got {_kind(body)}", index=index, field=name)
-    return parser(_Fields(body, index, name))
+    command: Command = parser(_Fields(body, index, name))
+    return command
 
 
 class _Fields:
@@ -247,7 +248,7 @@ class _Fields:
     def error(self, key: str, message: str) -> BatchFormatError:
         return BatchFormatError(message, index=self.index, field=f"{self.prefix}.{key}")
 
-    def str(self, key: str, *, required: bool = False) -> str | None:
+    def text(self, key: str, *, required: bool = False) -> str | None:
         value = self.body.get(key)
         if value is None:
             if required:
@@ -316,7 +317,7 @@ def _parse_start(f: _Fields) -> Start:
 
 
 def _parse_run(f: _Fields) -> Run:
-    entry_point = f.str("entry_point", required=True)
+    entry_point = f.text("entry_point", required=True)
     assert entry_point is not None
     if not entry_point:
         raise f.error("entry_point", "must not be empty")
@@ -339,7 +340,7 @@ def _parse_mode(f: _Fields, key: str) -> CaptureMode | None:
     if not isinstance(mode_body, dict):
         raise f.error(f"{key}.{mode}", f"must be an object, got {_kind(mode_body)}")
     m = f.sub(f"{key}.{mode}", mode_body)
-    fmt_text = m.str("format")
+    fmt_text = m.text("format")
     fmt = None
     if fmt_text is not None:
         if fmt_text not in _FORMAT_ALIASES:
@@ -367,11 +368,11 @@ def _parse_mode(f: _Fields, key: str) -> CaptureMode | None:
 
 
 def _parse_transfer(f: _Fields) -> Transfer:
-    src = f.str("from", required=True)
-    dst = f.str("to", required=True)
+    src = f.text("from", required=True)
+    dst = f.text("to", required=True)
     assert src is not None and dst is not None
     return Transfer(
-        from_=src, to=dst, format=f.str("format"), depth=f.count("depth"),
+        from_=src, to=dst, format=f.text("format"), depth=f.count("depth"),
         fileset=f.body.get("fileset"), progress=f.obj("progress"),
     )
 
@@ -384,7 +385,7 @@ def _parse_sign(f: _Fields) -> Sign:
     return Sign()
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[_Fields], Command]] = {
     "deploy": _parse_deploy,
     "start": _parse_start,
     "run": _parse_run,

@@ -240,6 +240,12 @@ class ExeUnit:
         }
 
     @property
+    def sandbox_pid(self) -> int | None:
+        """PID of the running sandbox's outermost process, or ``None`` (read-only; for tests
+        and monitoring: killing it makes the activity lost)."""
+        return self._channel.pid if self._channel is not None else None
+
+    @property
     def volumes(self) -> Mapping[str, Path]:
         """Host directories behind the container volumes (empty before ``deploy``)."""
         if self._dir is None:

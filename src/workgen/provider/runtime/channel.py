@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..._aio import task_scope
 from .supervisor import SOURCE, SOURCE_MARKER
 
 log = logging.getLogger(__name__)
@@ -166,9 +167,9 @@ class SupervisorChannel:
                     fut.set_exception(self.lost)
                     fut.exception()  # retrieved here so an unawaited one doesn't warn
         self._commands.clear()
-        for fut in self._usage.values():
-            if not fut.done():
-                fut.set_exception(self.lost)
+        for usage in self._usage.values():
+            if not usage.done():
+                usage.set_exception(self.lost)
         if not self.ready.done():
             self.ready.set_exception(self.lost)
             self.ready.exception()
@@ -228,28 +229,22 @@ async def open_channel(
     except OSError as exc:
         raise SandboxError(f"cannot start the sandbox ({argv[0]}): {exc}") from exc
     channel = SupervisorChannel(process)
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(channel._read_frames())
-            stderr_task = tg.create_task(_drain_stderr(process))
+    async with task_scope() as tg:
+        tg.create_task(channel._read_frames())
+        stderr_task = tg.create_task(_drain_stderr(process))
+        try:
             try:
-                try:
-                    await channel.ready
-                except SandboxLost:
-                    await process.wait()
-                    message = (await stderr_task).strip()
-                    raise SandboxError(
-                        f"the sandbox failed to start (exit {process.returncode}): "
-                        f"{message or 'no message'}"
-                    ) from None
-                yield channel
-            finally:
-                await channel.aclose()
-    except BaseExceptionGroup as group_exc:
-        # Unwrap so callers see the real error, not a one-member group from the task group.
-        if len(group_exc.exceptions) == 1:
-            raise group_exc.exceptions[0] from None
-        raise
+                await channel.ready
+            except SandboxLost:
+                await process.wait()
+                message = (await stderr_task).strip()
+                raise SandboxError(
+                    f"the sandbox failed to start (exit {process.returncode}): "
+                    f"{message or 'no message'}"
+                ) from None
+            yield channel
+        finally:
+            await channel.aclose()
 
 
 async def _drain_stderr(process: asyncio.subprocess.Process) -> str:

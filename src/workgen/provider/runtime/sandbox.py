@@ -41,9 +41,12 @@ class Resources:
     mem_gib: float = 1.0
     storage_gib: float = 2.0
     max_processes: int = 256
+    cpu_threads: int | None = None
+    """CPUs the activity's processes may run on (``None``: all of the provider's)."""
 
     def rlimits(self) -> dict[str, int]:
         return {
+            **({"cpus": self.cpu_threads} if self.cpu_threads else {}),
             # Address space is the only memory limit an unprivileged process can set on itself;
             # it bounds each process, which is what stops a runaway allocation.
             "as": int(self.mem_gib * (1 << 30)),
@@ -172,7 +175,7 @@ def _open_init_pidfd(info_fd: int) -> int:
 async def _wait_readable(fd: int, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    loop.add_reader(fd, lambda: None if done.done() else done.set_result(None))
     try:
         async with asyncio.timeout(timeout):
             await done

@@ -198,6 +198,11 @@ def set_reading(enabled):
 
 
 def apply_limits(limits):
+    cpus = limits.pop("cpus", None)
+    if cpus:
+        # The activity gets the CPU threads its offer promised, and no more.
+        available = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, available[:max(1, int(cpus))])
     for name, value in limits.items():
         res = getattr(resource, "RLIMIT_" + name.upper())
         resource.setrlimit(res, (value, value))

@@ -1,0 +1,26 @@
+"""The embedded local network: a whole Golem network in process, behind the backend seam.
+
+``LocalNetwork`` implements :class:`workgen.backends.base.Backend` with real market matching,
+agreements, sandboxed activities, debit notes, invoices and a budget-enforcing ledger.
+"""
+
+from .config import INET, ProviderConfig, default_provider_configs
+from .images import DEV_IMAGES_ENV, IMAGE_TAG, ImageStore
+from .ledger import PLATFORM, Ledger, Payment
+from .network import LocalNetwork
+from .provider import LocalProvider, ProviderAgreement
+
+__all__ = [
+    "DEV_IMAGES_ENV",
+    "IMAGE_TAG",
+    "INET",
+    "ImageStore",
+    "Ledger",
+    "LocalNetwork",
+    "LocalProvider",
+    "PLATFORM",
+    "Payment",
+    "ProviderAgreement",
+    "ProviderConfig",
+    "default_provider_configs",
+]

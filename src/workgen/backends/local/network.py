@@ -1,0 +1,416 @@
+"""``LocalNetwork``: a whole Golem network in this process, behind the backend seam.
+
+N providers (:mod:`.provider`) publish offers on an in-process market (:mod:`.market`); demands
+are matched with Golem's constraint language, providers negotiate, approve agreements, run
+activities in real sandboxed execution units (:mod:`.activity`), send debit notes from measured
+usage and one invoice per agreement, and the requestor pays them from a ledger that enforces
+the budget (:mod:`.ledger`). Files move by ``file://`` URLs (:mod:`.storage`); images come from
+an image store (:mod:`.images`).
+
+Concurrency: the network owns one :class:`asyncio.TaskGroup`, entered by :meth:`start` and
+left by :meth:`aclose`; every background task (each activity's execution unit, each
+agreement's debit-note loop, a provider's own termination) runs in it, so nothing outlives the
+network. Two networks share nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from ..base import (
+    Activity, Agreement, Allocation, BatchHandle, DebitNote, Demand, DemandSubscription,
+    Invoice, PaymentEvent, Proposal, ProposalRejectedEvent,
+)
+from ...errors import BackendUnavailable, ImageNotFound
+from ...protocol.exescript import Command
+from ...protocol.properties import COM_PAYMENT_CHOSEN_PLATFORM, payment_platform_address
+from ...protocol.results import utc_now
+from ...provider.exeunit.unit import ExeUnit
+from .activity import ActivityRecord
+from .config import ProviderConfig, default_provider_configs
+from .images import DEV_IMAGES_ENV, ImageResolver, ImageStore
+from .ledger import Ledger, new_address
+from .market import Market, ParsedDemand, new_id
+from .payments import PaymentChannel
+from .provider import LocalProvider, NegotiationRejected, ProviderAgreement, ProviderContext
+from .storage import LocalStorage
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 15.0
+"""How long :meth:`LocalNetwork.aclose` lets agreements end gracefully before cancelling."""
+
+
+class LocalNetwork:
+    """An in-process Golem network of ``providers`` (default: one per CPU core).
+
+    ``debit_note_interval`` is what providers offer (a demand may ask for another, see
+    :mod:`.provider`); ``images`` resolves demands' images (``dev_images=True`` or
+    ``WORKGEN_DEV_IMAGES=1`` runs unknown ones on the host image); ``work_root`` is where the
+    network's temporary directory goes (the system's temporary directory by default).
+    """
+
+    name = "local"
+    startup_timeout = 2.0
+    """Offers on the local network are there at once: a short wait decides 'no provider'."""
+
+    def __init__(
+        self,
+        providers: int | Sequence[ProviderConfig] | None = None,
+        *,
+        subnet: str = "public",
+        debit_note_interval: float = 60.0,
+        images: ImageStore | None = None,
+        dev_images: bool = False,
+        work_root: Path | None = None,
+    ):
+        if providers is None:
+            configs = default_provider_configs(os.cpu_count() or 1)
+        elif isinstance(providers, int):
+            configs = default_provider_configs(providers)
+        else:
+            configs = list(providers)
+        names = [c.name for c in configs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"provider names must be unique: {names}")
+        if not math.isfinite(debit_note_interval) or debit_note_interval <= 0:
+            raise ValueError(f"debit_note_interval must be positive, got {debit_note_interval}")
+        self.subnet = subnet
+        self.debit_note_interval = float(debit_note_interval)
+        self.images = images if images is not None else ImageStore()
+        self.dev_images = dev_images or os.environ.get(DEV_IMAGES_ENV) == "1"
+        self.ledger = Ledger()
+        """The requestor's allocations and payments (for inspection)."""
+        self.storage = LocalStorage(work_root)
+        self._configs = configs
+        self._work_root = work_root
+        self._resolver = ImageResolver(self.images, dev_images=self.dev_images)
+        self._market = Market()
+        self._providers: dict[str, LocalProvider] = {}
+        self._agreements: dict[str, LocalProvider] = {}
+        self._activities: dict[str, ActivityRecord] = {}
+        self._payments = PaymentChannel(self.ledger)
+        self._rejected_proposals: list[tuple[str, str]] = []
+        self._state: Literal["new", "running", "closing", "closed"] = "new"
+        self._stack = contextlib.AsyncExitStack()
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dir: Path | None = None
+        self._closed = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> LocalNetwork:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Create the providers and publish their offers. Idempotent."""
+        if self._state == "running":
+            return
+        if self._state != "new":
+            raise RuntimeError("this local network is closed: make a new one")
+        if self._work_root is not None:
+            _check_reachable(self._work_root)
+        self._dir = Path(tempfile.mkdtemp(prefix="workgen-local-", dir=self._work_root))
+        # Searchable by others: sandboxes run as users of their own and must reach their
+        # volumes under activities/; nothing here can be listed by them.
+        os.chmod(self._dir, 0o711)
+        activities = self._dir / "activities"
+        activities.mkdir()
+        os.chmod(activities, 0o711)
+        self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self._state = "running"
+        context = ProviderContext(
+            subnet=self.subnet, platform=self.ledger.platform,
+            debit_note_interval=self.debit_note_interval, work_root=activities,
+            spawn=self._spawn, emit=self._payments.emit,
+            availability_changed=self._availability_changed,
+        )
+        for config in self._configs:
+            provider = LocalProvider(config, new_address(), context)
+            self._providers[provider.node_id] = provider
+            self._market.publish(provider.make_offer())
+        log.info("local network started with %d providers", len(self._providers))
+
+    async def aclose(self) -> None:
+        """End every agreement (closing its activities), every subscription, every task, and
+        remove the network's files. Idempotent; bounded by about :data:`CLOSE_TIMEOUT`."""
+        if self._state in ("closing", "closed"):
+            await self._closed.wait()
+            return
+        was_running = self._state == "running"
+        self._state = "closing"
+        try:
+            if was_running:
+                await self._shut_down()
+        finally:
+            self._payments.close()
+            if self._dir is not None:
+                await asyncio.to_thread(shutil.rmtree, self._dir, True)
+            await self.storage.aclose()
+            self._state = "closed"
+            self._closed.set()
+
+    async def _shut_down(self) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                async with asyncio.TaskGroup() as tg:
+                    for provider in self._providers.values():
+                        for pa in provider.agreements.values():
+                            if pa.state == "Approved":
+                                tg.create_task(provider.terminate(
+                                    pa, "the local network is closing", "requestor"))
+        except TimeoutError:
+            log.warning("agreements did not end within %gs; cancelling what is left",
+                        CLOSE_TIMEOUT)
+        await self._market.aclose()
+        # Whatever is left (a debit-note loop between two notes, a stuck activity) is
+        # cancelled; an execution unit still closes its sandbox on the way out.
+        for task in list(self._tasks):
+            task.cancel()
+        await self._stack.aclose()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        if self._tg is None or self._state == "closed":
+            coro.close()
+            raise RuntimeError("the local network is not running")
+        task = self._tg.create_task(self._guarded(coro, name), name=name)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            # Cancelled before it ever ran: close the wrapped coroutine, which never will.
+            if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                coro.close()
+
+        task.add_done_callback(done)
+
+    @staticmethod
+    async def _guarded(coro: Coroutine[Any, Any, None], name: str) -> None:
+        # A failing task would cancel the task that called start() (the group's parent):
+        # log it instead. Cancellation still passes through.
+        try:
+            await coro
+        except Exception:
+            log.exception("local network task %r failed", name)
+
+    def _require_running(self) -> None:
+        if self._state != "running":
+            raise RuntimeError(f"the local network is {self._state}: use it between start() "
+                               "and aclose()")
+
+    # -- inspection (for tests and tools; read-only) ----------------------------------------
+
+    @property
+    def providers(self) -> list[LocalProvider]:
+        """The providers (``name``, ``node_id``, ``config``, ``agreements``), once started."""
+        return list(self._providers.values())
+
+    def exe_unit(self, activity_id: str) -> ExeUnit:
+        """The execution unit of an activity (to inspect it, or to break it in a test)."""
+        return self._record(activity_id).unit
+
+    @property
+    def directory(self) -> Path | None:
+        """The network's temporary directory while it runs."""
+        return self._dir
+
+    # -- payment ----------------------------------------------------------------------------
+
+    async def create_allocation(self, amount: Decimal) -> Allocation:
+        return self.ledger.create_allocation(amount)
+
+    async def release_allocation(self, allocation: Allocation) -> None:
+        self.ledger.release_allocation(allocation)
+
+    async def demand_decoration(self, allocation: Allocation) -> Demand:
+        self.ledger.check_usable(allocation)
+        platform = allocation.payment_platform
+        address = payment_platform_address(platform)
+        return Demand(
+            properties={address: allocation.address, COM_PAYMENT_CHOSEN_PLATFORM: platform},
+            constraints=f"({address}=*)",
+        )
+
+    def payment_events(self) -> AsyncIterator[PaymentEvent]:
+        """Debit notes and invoices, in the order providers sent them, until :meth:`aclose`.
+
+        One stream, buffered from the start: each event is delivered once, to whichever
+        iterator takes it, so a requestor should have a single consumer.
+        """
+        return self._payments.events()
+
+    async def accept_debit_note(self, note: DebitNote, allocation: Allocation) -> None:
+        self._payments.accept_debit_note(note, allocation)
+
+    async def reject_debit_note(self, note: DebitNote, reason: str) -> None:
+        """Record the rejection; the provider then ends the agreement and invoices the work."""
+        known = self._payments.reject_debit_note(note, reason)
+        if self._state == "running":
+            self._providers[known.issuer_id].debit_note_rejected(known, reason)
+
+    async def accept_invoice(self, invoice: Invoice, allocation: Allocation) -> None:
+        """Pay the invoice (its issued amount) from ``allocation``, all or nothing.
+
+        Raises :class:`~workgen.errors.BudgetExhausted` if it does not fit in what remains.
+        """
+        self._payments.accept_invoice(invoice, allocation)
+
+    async def reject_invoice(self, invoice: Invoice, reason: str) -> None:
+        self._payments.reject_invoice(invoice, reason)
+
+    # -- market -----------------------------------------------------------------------------
+
+    async def subscribe_demand(self, demand: Demand) -> DemandSubscription:
+        """Publish ``demand``; its subscription yields an ``Initial`` proposal per match.
+
+        Raises ``ConstraintSyntaxError`` (a ``ValueError``) for malformed constraints and
+        :class:`~workgen.errors.ImageNotFound` if the demand's image cannot be resolved.
+        """
+        self._require_running()
+        parsed = ParsedDemand.parse(demand)
+        self._resolver.resolve(parsed.properties)
+        return self._market.subscribe(parsed)
+
+    async def counter_proposal(
+        self, subscription: DemandSubscription, proposal: Proposal, demand: Demand
+    ) -> None:
+        """The provider answers on the subscription: a ``Draft`` whose ``prev_proposal_id`` is
+        our counter's id, or a :class:`ProposalRejectedEvent` with its reason."""
+        self._require_running()
+        sub = self._market.subscription(subscription)
+        record = self._market.lookup(proposal)
+        if record.subscription_id != sub.id:
+            raise ValueError(f"proposal {proposal.id} was not made to subscription {sub.id}")
+        parsed = ParsedDemand.parse(demand)
+        provider = self._providers[record.offer.provider_id]
+        counter_id = new_id()
+        try:
+            current = self._market.current_offer(provider.node_id)
+            if current is None or current.id != record.offer.id:
+                raise NegotiationRejected(f"the offer {record.offer.id} was withdrawn")
+            self._resolver.resolve(parsed.properties)
+            properties = provider.negotiate(parsed, record.offer)
+        except (NegotiationRejected, ImageNotFound) as exc:
+            sub.push(ProposalRejectedEvent(counter_id, provider.node_id, str(exc)))
+            return
+        draft = Proposal(
+            id=new_id(), issuer_id=provider.node_id, properties=properties,
+            constraints=record.offer.constraints, state="Draft", prev_proposal_id=counter_id,
+        )
+        self._market.record(draft, sub, record.offer, counter_demand=parsed)
+        sub.push(draft)
+
+    async def reject_proposal(
+        self, subscription: DemandSubscription, proposal: Proposal, reason: str
+    ) -> None:
+        self._market.lookup(proposal)
+        self._rejected_proposals.append((proposal.id, reason))
+        log.debug("proposal %s rejected: %s", proposal.id, reason)
+
+    async def make_agreement(self, proposal: Proposal, valid_to: datetime) -> Agreement:
+        """An agreement on a provider's ``Draft``; :class:`~workgen.errors.AgreementRejected`
+        if the provider is busy with another agreement or has withdrawn that offer."""
+        self._require_running()
+        record = self._market.lookup(proposal)
+        if record.proposal.state != "Draft" or record.counter_demand is None:
+            raise ValueError(f"an agreement is made on a provider's Draft proposal, "
+                             f"not on a {record.proposal.state} one")
+        if valid_to.tzinfo is None:
+            raise ValueError("valid_to must be an aware datetime (with a time zone)")
+        if valid_to <= utc_now():
+            raise ValueError(f"valid_to {valid_to.isoformat()} is in the past")
+        provider = self._providers[record.offer.provider_id]
+        agreement = Agreement(id=new_id() + new_id(), proposal=record.proposal,
+                              demand=record.counter_demand.demand, valid_to=valid_to)
+        provider.approve(agreement, record.counter_demand, record.offer,
+                         self._market.current_offer(provider.node_id))
+        self._agreements[agreement.id] = provider
+        return agreement
+
+    def _availability_changed(self, provider: LocalProvider) -> None:
+        if self._state != "running":
+            return
+        if provider.busy:
+            self._market.withdraw(provider.node_id)
+        else:
+            self._market.publish(provider.make_offer())
+
+    def _provider_agreement(self, agreement: Agreement) -> tuple[LocalProvider, ProviderAgreement]:
+        provider = self._agreements.get(agreement.id)
+        if provider is None:
+            raise ValueError(f"agreement {agreement.id} was not made on this local network")
+        return provider, provider.agreement(agreement.id)
+
+    async def terminate_agreement(self, agreement: Agreement, reason: str) -> None:
+        """End the agreement: its activities are destroyed, its debit notes stop, and its
+        provider sends one invoice (on :meth:`payment_events`) before this returns."""
+        provider, pa = self._provider_agreement(agreement)
+        await provider.terminate(pa, reason, "requestor")
+
+    # -- activity ---------------------------------------------------------------------------
+
+    async def create_activity(self, agreement: Agreement) -> Activity:
+        self._require_running()
+        provider, pa = self._provider_agreement(agreement)
+        rootfs = self._resolver.resolve(ParsedDemand.parse(agreement.demand).properties)
+        record = await provider.create_activity(pa, rootfs)
+        self._activities[record.id] = record
+        return record.activity
+
+    def _record(self, activity: Activity | str) -> ActivityRecord:
+        activity_id = activity if isinstance(activity, str) else activity.id
+        record = self._activities.get(activity_id)
+        if record is None:
+            raise ValueError(f"activity {activity_id} was not created on this local network")
+        return record
+
+    async def exec(
+        self, activity: Activity, commands: Sequence[Command], timeout: float | None
+    ) -> BatchHandle:
+        """Start a batch; :class:`~workgen.errors.ActivityClosed` if we destroyed the activity,
+        :class:`~workgen.errors.ActivityLost` if it broke. See :class:`.activity.LocalBatch`
+        for how its events and results are consumed."""
+        return self._record(activity).exec(commands, timeout)
+
+    async def activity_state(self, activity: Activity) -> str:
+        return self._record(activity).unit.state.value
+
+    async def activity_usage(self, activity: Activity) -> dict[str, float]:
+        return dict(await self._record(activity).unit.usage())
+
+    async def destroy_activity(self, activity: Activity) -> None:
+        """Close the execution unit: its processes are killed and its files removed."""
+        await self._record(activity).close("requestor", "destroyed by the requestor")
+
+
+def _check_reachable(root: Path) -> None:
+    """Fail at start, not at the first deploy, if sandboxes could not reach their volumes."""
+    if os.geteuid() != 0:
+        return  # sandboxes run as ourselves then
+    for directory in [root.resolve(), *root.resolve().parents]:
+        if directory.exists() and not os.stat(directory).st_mode & 0o001:
+            raise BackendUnavailable(
+                f"work_root {root} is not reachable by sandbox users: {directory} lacks "
+                "search permission for others (chmod o+x), which the sandboxes, running as "
+                "users of their own, need to reach their volumes"
+            )

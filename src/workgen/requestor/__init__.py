@@ -1,0 +1,1 @@
+"""The requestor side: the engine, work contexts, scripts, market strategies and payloads."""

@@ -1,0 +1,415 @@
+"""One ``execute_tasks`` job: worker slots that each sign an agreement, create an activity and
+drive the user's worker on it, with tasks from the job's queue.
+
+A job runs in a task of its ``Golem``, not in the caller's: ``execute_tasks`` only reads the
+accepted tasks from a queue, so a caller that stops iterating (``break``, an exception) just
+closes the job, which cancels its slots, destroys their activities and ends their agreements.
+
+Failure handling: when a worker raises (including a remote failure it did not catch), the
+tasks it held go back to the queue, counted as attempts, and its activity is given up; another
+slot's activity, or a new one, picks them up. A task out of attempts, or rejected without
+retry, fails for good and is reported, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from decimal import Decimal
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .._aio import task_scope
+from ..backends.base import Activity, Agreement, Demand, Proposal
+from ..protocol.pricing import LinearPricing
+from ..errors import (
+    ActivityError, BatchError, BudgetExhausted, JobTimeoutError, NoProvidersError, WorkgenError,
+)
+from . import events
+from .budget import AgreementBudget
+from .context import WorkContext
+from .market import Market, open_market
+from .queue import TaskQueue
+from .script import Result, Script
+from .task import Task, TaskStatus
+
+if TYPE_CHECKING:
+    from .golem import Golem
+
+log = logging.getLogger(__name__)
+
+Worker = Callable[[WorkContext, AsyncIterator[Task[Any, Any]]], AsyncGenerator[Script, Any]]
+
+# The first task on a new agreement is assumed to take this long, for the budget's sake.
+FIRST_TASK_GUESS_SEC = 1.0
+
+
+class _WorkerFailed(Exception):
+    pass
+
+
+class Job:
+    def __init__(self, golem: Golem, *, worker: Worker, data: Iterable[Any] | AsyncIterable[Any],
+                 demand: Demand, max_workers: int, timeout: float | None, job_id: str,
+                 implicit_init: bool, max_retries: int):
+        self.golem = golem
+        self.id = job_id
+        self._worker = worker
+        self._demand = demand
+        self._max_workers = max_workers
+        self._timeout = timeout
+        self._implicit_init = implicit_init
+        self._max_retries = max_retries
+        self.queue = TaskQueue(data)
+        self.accepted: asyncio.Queue[Task[Any, Any] | None] = asyncio.Queue(
+            maxsize=max(64, 4 * max_workers))
+        self.failed: list[Task[Any, Any]] = []
+        self.error: BaseException | None = None
+        self.done = asyncio.Event()
+        self.runner: asyncio.Task[None] | None = None
+        self._agreement_ended = asyncio.Condition()
+        self._free_when_short: Decimal | None = None
+        self._active_agreements = 0
+
+    def _emit(self, event: events.Event) -> None:
+        self.golem._emit(event)
+
+    # -- the job as a whole ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The job's task: runs everything, records the outcome, always signals the end."""
+        self._emit(events.JobStarted(job_id=self.id))
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._run_slots()
+        except TimeoutError:
+            self.error = JobTimeoutError(f"job {self.id} ran out of its {self._timeout:g}s")
+        except asyncio.CancelledError:
+            self.error = asyncio.CancelledError()
+            raise
+        except BaseExceptionGroup as group:
+            # Several slots failed at once (say, all found no provider): report the first.
+            self.error = _first_error(group)
+        except Exception as exc:  # reported to the caller of execute_tasks
+            self.error = exc
+        finally:
+            reason = _describe_error(self.error)
+            for task in self.queue.drain():
+                await self._fail(task, reason or "the job ended before the task could run")
+            await self.queue.close()
+            self._emit(events.JobFinished(job_id=self.id, error=reason))
+            self.done.set()
+            await self.accepted.put(None)
+
+    async def cancel(self) -> None:
+        """Stop the job (if it still runs) and wait until it has cleaned up."""
+        if self.runner is not None:
+            if not self.runner.done():
+                self.runner.cancel()
+            await asyncio.wait([self.runner])
+
+    async def _run_slots(self) -> None:
+        async with open_market(self.golem.backend, self._demand, self.golem.strategy, self.id,
+                               self._emit) as market:
+            async with task_scope() as tg:
+                for _ in range(self._max_workers):
+                    tg.create_task(self._slot(market))
+
+    # -- a worker slot -----------------------------------------------------------------------
+
+    async def _slot(self, market: Market) -> None:
+        # No agreement is made without work for it, and no task is held while negotiating
+        # (a held task would keep the job from ending while this slot waits for a provider).
+        while await self.queue.wait_for_work():
+            if not self._budget_may_suffice():
+                # What is free did not suffice last time: wait for a running agreement to end
+                # and give back what it did not use; with none running, the job is over.
+                await self.queue.release_claim()
+                if self._active_agreements == 0:
+                    await self.golem._invoices_settled()
+                    if self._budget_may_suffice():
+                        continue
+                    raise self._exhausted()
+                await self._wait_for_an_agreement_to_end()
+                continue
+            try:
+                signed = await self._sign_while_work_remains(market)
+            except BaseException:
+                await self.queue.release_claim()
+                raise
+            if signed is None:
+                await self.queue.release_claim()
+                if self.queue.finished:
+                    return
+                # The budget could not cover the best offer's terms.
+                self._free_when_short = self.golem.budget.free
+                if self._active_agreements == 0:
+                    await self.golem._invoices_settled()
+                    if self.golem.budget.free > self._free_when_short:
+                        continue  # settled invoices gave some back: try again
+                    raise self._exhausted()
+                await self._wait_for_an_agreement_to_end()
+                continue
+            agreement, reservation = signed
+            self._free_when_short = None
+            first = self.queue.take_claimed()
+            if first is None:  # the others took it all meanwhile
+                reservation.close(Decimal(0))
+                await self.golem._end_agreement(agreement, None, "no work left")
+                continue
+            self._active_agreements += 1
+            self.golem._agreement_started(agreement, reservation)
+            try:
+                await self._on_agreement(agreement, reservation, first)
+            finally:
+                self._active_agreements -= 1
+                async with self._agreement_ended:
+                    self._agreement_ended.notify_all()
+
+    def _budget_may_suffice(self) -> bool:
+        free = self.golem.budget.free
+        if free <= 0:
+            return False
+        return self._free_when_short is None or free > self._free_when_short
+
+    def _exhausted(self) -> BudgetExhausted:
+        return BudgetExhausted(f"job {self.id}: the budget of {self.golem.budget.total} cannot "
+                               "pay for more work")
+
+    def _reserve(self, proposal: Proposal) -> AgreementBudget | None:
+        try:
+            pricing = LinearPricing.from_properties(proposal.properties)
+        except ValueError:
+            return None  # the strategy let through terms we cannot bound; don't sign them
+        return self.golem.budget.open(pricing, dict(proposal.properties))
+
+    async def _wait_for_an_agreement_to_end(self) -> None:
+        async with self._agreement_ended:
+            await self._agreement_ended.wait()
+        await self.golem._invoices_settled()
+
+    async def _sign_while_work_remains(
+        self, market: Market
+    ) -> tuple[Agreement, AgreementBudget] | None:
+        sign: asyncio.Task[tuple[Agreement, AgreementBudget] | None] | None = None
+        try:
+            async with task_scope() as tg:
+                sign = tg.create_task(market.sign(self._reserve, lambda r: r.close(Decimal(0))))
+                over = tg.create_task(self.queue.all_done.wait())
+                await asyncio.wait({sign, over}, return_when=asyncio.FIRST_COMPLETED)
+                if sign.done():
+                    over.cancel()
+                else:
+                    sign.cancel()
+        except BaseException:
+            # Cancelled, maybe just as the signing finished: undo what it did.
+            if sign is not None and sign.done() and not sign.cancelled() \
+                    and sign.exception() is None and (signed := sign.result()) is not None:
+                signed[1].close(Decimal(0))
+                await self.golem._end_agreement(signed[0], None, "job closed")
+            raise
+        if sign.cancelled():
+            return None
+        return sign.result()
+
+    async def _on_agreement(self, agreement: Agreement, reservation: AgreementBudget,
+                            first: Task[Any, Any]) -> None:
+        reason = "all work done"
+        activity: Activity | None = None
+        pending: Task[Any, Any] | None = first
+        try:
+            activity = await self.golem.backend.create_activity(agreement)
+            self._emit(events.ActivityCreated(job_id=self.id, activity_id=activity.id,
+                                              agreement_id=agreement.id,
+                                              provider_name=agreement.provider_name))
+            ctx = WorkContext(backend=self.golem.backend, agreement=agreement, activity=activity,
+                              job_id=self.id, emit=self._emit,
+                              stream_output=self.golem.stream_output)
+            async with asyncio.timeout_at(_loop_time(reservation.deadline())) as deadline:
+                if self._implicit_init:
+                    init = ctx.new_script()
+                    init.deploy()
+                    init.start()
+                    await ctx._run_script(init)
+                while pending is not None:
+                    task, pending = pending, None
+                    if await self._drive(ctx, task, reservation, deadline):
+                        reason = "the agreement used its share of the budget"
+                        return
+                    pending = await self.queue.get()
+        except TimeoutError:
+            reason = "the agreement used its share of the budget"
+            log.info("%s: %s", agreement.provider_name, reason)
+        except (WorkgenError, _WorkerFailed, Exception) as exc:
+            reason = f"failed: {_short(exc)}"
+            self.golem.strategy.report_failure(agreement.provider_id, reason)
+            self._emit(events.ActivityFailed(job_id=self.id,
+                                             activity_id=activity.id if activity else "",
+                                             provider_name=agreement.provider_name,
+                                             reason=_short(exc)))
+        finally:
+            if pending is not None and pending.status is TaskStatus.WAITING:
+                await self.queue.put_back(pending)
+            if activity is not None:
+                with contextlib.suppress(Exception):
+                    await self.golem.backend.destroy_activity(activity)
+                self._emit(events.ActivityDestroyed(activity_id=activity.id,
+                                                    provider_name=agreement.provider_name))
+            await self.golem._end_agreement(agreement, reservation, reason)
+
+    async def _drive(self, ctx: WorkContext, first: Task[Any, Any],
+                     reservation: AgreementBudget, deadline: asyncio.Timeout) -> bool:
+        """Run the user's worker once on ``ctx``; True if it stopped for the budget's sake."""
+        held: list[Task[Any, Any]] = []
+        state: dict[str, Any] = {"budget_stop": False, "longest": None}
+        tasks = self._tasks(ctx, first, held, reservation, deadline, state)
+        gen = self._worker(ctx, tasks)
+        if not hasattr(gen, "asend"):
+            raise TypeError(f"the worker must be an async generator function, got {self._worker!r}")
+        try:
+            async with task_scope() as tg:
+                send: Any = None
+                throw: BaseException | None = None
+                while True:
+                    try:
+                        item = await (gen.athrow(throw) if throw is not None else gen.asend(send))
+                    except StopAsyncIteration:
+                        break
+                    send, throw = None, None
+                    if not isinstance(item, Script):
+                        raise TypeError(f"the worker yielded {item!r}; yield Script objects "
+                                        "made by context.new_script()")
+                    if item.wait_for_results:
+                        try:
+                            send = _completed(await ctx._run_script(item))
+                        except (BatchError, ActivityError) as exc:
+                            throw = exc
+                    else:
+                        send = tg.create_task(ctx._run_script(item))
+        except Exception as exc:
+            for task in held:
+                if task.status is TaskStatus.RUNNING:
+                    await self._retry_or_fail(task, _short(exc))
+            raise _WorkerFailed(_short(exc)) from exc
+        except BaseException:
+            # Cancelled (the job is closing, or the agreement's budget ran out): the tasks in
+            # hand were not the worker's fault, so they go back without using an attempt.
+            for task in held:
+                if task.status is TaskStatus.RUNNING:
+                    task.attempts -= 1
+                    task._requeue()
+                    await self.queue.put_back(task)
+            raise
+        finally:
+            await gen.aclose()
+            await tasks.aclose()
+        for task in held:
+            await self._settle(task, worker_done=True)
+        return state["budget_stop"] is True
+
+    async def _tasks(self, ctx: WorkContext, first: Task[Any, Any], held: list[Task[Any, Any]],
+                     reservation: AgreementBudget, deadline: asyncio.Timeout,
+                     state: dict[str, Any]) -> AsyncGenerator[Task[Any, Any], None]:
+        """The ``tasks`` iterator a worker reads: one task at a time from the job's queue."""
+        task: Task[Any, Any] | None = first
+        while task is not None:
+            longest = state["longest"]
+            if not reservation.ensure(FIRST_TASK_GUESS_SEC if longest is None else longest):
+                await self.queue.put_back(task)
+                state["budget_stop"] = True
+                return
+            deadline.reschedule(_loop_time(reservation.deadline()))
+            task._start(ctx.provider_name)
+            held.append(task)
+            self._emit(events.TaskStarted(job_id=self.id, task_id=task.id, activity_id=ctx.id,
+                                          provider_name=ctx.provider_name, data=task.data))
+            started = time.monotonic()
+            yield task
+            state["longest"] = max(longest or 0.0, time.monotonic() - started)
+            for done in [t for t in held if t.status is not TaskStatus.RUNNING]:
+                held.remove(done)
+                await self._settle(done)
+            task = await self.queue.get()
+
+    # -- settling tasks ----------------------------------------------------------------------
+
+    async def _settle(self, task: Task[Any, Any], worker_done: bool = False) -> None:
+        if task.status is TaskStatus.ACCEPTED:
+            await self.queue.settle(task)
+            self._emit(events.TaskAccepted(job_id=self.id, task_id=task.id,
+                                           provider_name=task.provider_name or "",
+                                           result=task.result, running_time=task.running_time))
+            await self.accepted.put(task)
+        elif task.status is TaskStatus.REJECTED:
+            self._emit(events.TaskRejected(job_id=self.id, task_id=task.id,
+                                           provider_name=task.provider_name or "",
+                                           reason=task.reason, retry=task._retry))
+            if task._retry:
+                await self._retry_or_fail(task, f"rejected: {task.reason}")
+            else:
+                await self.queue.settle(task)
+                self.failed.append(task)
+                self._emit(events.TaskFailed(job_id=self.id, task_id=task.id, data=task.data,
+                                             reason=f"rejected: {task.reason}",
+                                             attempts=task.attempts))
+        elif task.status is TaskStatus.RUNNING and worker_done:
+            await self._retry_or_fail(
+                task, "the worker finished without accepting or rejecting the task")
+
+    async def _retry_or_fail(self, task: Task[Any, Any], reason: str) -> None:
+        if task.attempts <= self._max_retries:
+            task._requeue()
+            self._emit(events.TaskRetried(job_id=self.id, task_id=task.id,
+                                          attempt=task.attempts, reason=reason))
+            await self.queue.put_back(task)
+        else:
+            await self.queue.settle(task)
+            await self._fail(task, f"{reason} (after {task.attempts} attempts)", counted=True)
+
+    async def _fail(self, task: Task[Any, Any], reason: str, counted: bool = False) -> None:
+        task.reason = reason
+        task._stop(TaskStatus.FAILED)
+        self.failed.append(task)
+        self._emit(events.TaskFailed(job_id=self.id, task_id=task.id, data=task.data,
+                                     reason=reason, attempts=task.attempts))
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group
+
+
+def _completed(results: list[Result]) -> asyncio.Future[list[Result]]:
+    future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+    future.set_result(results)
+    return future
+
+
+def _loop_time(deadline: float | None) -> float | None:
+    """A ``time.monotonic`` deadline in the event loop's clock."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, _WorkerFailed) or isinstance(exc, WorkgenError):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+def _describe_error(exc: BaseException | None) -> str | None:
+    if exc is None:
+        return None
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(exc, NoProvidersError | JobTimeoutError | BudgetExhausted):
+        return str(exc)
+    return _short(exc)

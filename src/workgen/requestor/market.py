@@ -1,0 +1,163 @@
+"""The market side of a job: publish the demand, negotiate with providers, sign agreements.
+
+``open_market`` subscribes the job's demand and runs the negotiation loop in its own task: every
+offer is scored by the strategy, acceptable ones are answered with our terms, and the providers'
+drafts wait, best score first, until a worker slot asks :meth:`Market.sign` for an agreement.
+Slots ask concurrently, so providers are acquired in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import TypeVar
+
+from .._aio import task_scope
+from ..backends.base import Agreement, Backend, Demand, DemandSubscription, Proposal
+from ..errors import AgreementRejected, NoProvidersError
+from ..protocol.results import utc_now
+from . import events
+from .strategy import SCORE_REJECTED, MarketStrategy
+
+log = logging.getLogger(__name__)
+
+AGREEMENT_VALIDITY = timedelta(hours=10)
+R = TypeVar("R")
+
+
+class Market:
+    def __init__(self, backend: Backend, subscription: DemandSubscription, demand: Demand,
+                 strategy: MarketStrategy, job_id: str, emit: Callable[[events.Event], None],
+                 startup_timeout: float):
+        self._backend = backend
+        self._sub = subscription
+        self._demand = demand
+        self._strategy = strategy
+        self._job_id = job_id
+        self._emit = emit
+        self._startup_timeout = startup_timeout
+        self._drafts: list[tuple[float, int, Proposal]] = []
+        self._order = itertools.count()
+        self._scores: dict[str, float] = {}
+        self._changed = asyncio.Condition()
+        self._started = time.monotonic()
+        self.offers_seen = 0
+        self.agreements_made = 0
+        self._closed = False
+
+    async def _negotiate(self) -> None:
+        async for event in self._sub:
+            if isinstance(event, Proposal):
+                await self._on_proposal(event)
+            else:
+                self._emit(events.ProposalRejected(
+                    job_id=self._job_id, proposal_id=event.proposal_id,
+                    provider_id=event.issuer_id, provider_name=event.issuer_id[:10],
+                    reason=event.reason, by_provider=True))
+                self._strategy.report_failure(event.issuer_id, event.reason)
+        self._closed = True
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _on_proposal(self, proposal: Proposal) -> None:
+        draft = proposal.state == "Draft"
+        self._emit(events.ProposalReceived(
+            job_id=self._job_id, proposal_id=proposal.id, provider_id=proposal.issuer_id,
+            provider_name=proposal.provider_name, draft=draft))
+        if not draft:
+            self.offers_seen += 1
+        score = await self._strategy.score_offer(proposal)
+        if score <= SCORE_REJECTED:
+            reason = "rejected by the market strategy (price or policy)"
+            self._emit(events.ProposalRejected(
+                job_id=self._job_id, proposal_id=proposal.id, provider_id=proposal.issuer_id,
+                provider_name=proposal.provider_name, reason=reason))
+            with contextlib.suppress(Exception):
+                await self._backend.reject_proposal(self._sub, proposal, reason)
+            return
+        if draft:
+            self._scores[proposal.id] = score
+            async with self._changed:
+                # heapq is a min-heap: negate so the best score pops first.
+                heapq.heappush(self._drafts, (-score, next(self._order), proposal))
+                self._changed.notify_all()
+        else:
+            await self._backend.counter_proposal(self._sub, proposal, self._demand)
+
+    async def _next_draft(self) -> Proposal:
+        async with self._changed:
+            while not self._drafts:
+                if self._closed:
+                    raise NoProvidersError("the demand's subscription ended")
+                remaining = self._startup_timeout - (time.monotonic() - self._started)
+                if self.agreements_made == 0 and self.offers_seen == 0 and remaining <= 0:
+                    raise NoProvidersError(
+                        f"no provider's offer matched the demand within "
+                        f"{self._startup_timeout:g}s (constraints: {self._demand.constraints})"
+                    )
+                try:
+                    async with asyncio.timeout(remaining if self.offers_seen == 0
+                                               and self.agreements_made == 0 else None):
+                        await self._changed.wait()
+                except TimeoutError:
+                    continue
+            return heapq.heappop(self._drafts)[2]
+
+    async def sign(self, reserve: Callable[[Proposal], R | None],
+                   release: Callable[[R], None]) -> tuple[Agreement, R] | None:
+        """The best provider's agreement; waits for drafts, tries the next one on refusal.
+
+        ``reserve`` sets money aside for a proposal's terms before anything is signed; when it
+        can't (``None``), the draft is kept for later and ``None`` returned. Raises
+        :class:`NoProvidersError` when no offer at all arrived within the startup timeout.
+        """
+        while True:
+            proposal = await self._next_draft()
+            reservation = reserve(proposal)
+            if reservation is None:
+                async with self._changed:
+                    heapq.heappush(self._drafts, (-self._scores.get(proposal.id, 0.0),
+                                                  next(self._order), proposal))
+                return None
+            valid_to = utc_now() + AGREEMENT_VALIDITY
+            try:
+                agreement = await self._backend.make_agreement(proposal, valid_to)
+            except AgreementRejected as exc:
+                release(reservation)
+                self._strategy.report_failure(proposal.issuer_id, str(exc))
+                self._emit(events.AgreementRejected(
+                    job_id=self._job_id, provider_id=proposal.issuer_id,
+                    provider_name=proposal.provider_name, reason=str(exc)))
+                continue
+            except BaseException:
+                release(reservation)
+                raise
+            self.agreements_made += 1
+            self._emit(events.AgreementCreated(
+                job_id=self._job_id, agreement_id=agreement.id,
+                provider_id=agreement.provider_id, provider_name=agreement.provider_name))
+            return agreement, reservation
+
+
+@contextlib.asynccontextmanager
+async def open_market(backend: Backend, demand: Demand, strategy: MarketStrategy, job_id: str,
+                      emit: Callable[[events.Event], None]) -> AsyncIterator[Market]:
+    subscription = await backend.subscribe_demand(demand)
+    emit(events.DemandSubscribed(job_id=job_id, constraints=demand.constraints))
+    market = Market(backend, subscription, demand, strategy, job_id, emit,
+                    backend.startup_timeout)
+    try:
+        async with task_scope() as tg:
+            negotiation = tg.create_task(market._negotiate())
+            try:
+                yield market
+            finally:
+                negotiation.cancel()
+    finally:
+        await subscription.aclose()

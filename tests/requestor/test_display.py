@@ -1,0 +1,398 @@
+"""Tests for the run summary, the progress display and the plain event logger."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from workgen.requestor.display import ProgressDisplay, RunSummary, log_events
+from workgen.requestor.events import (
+    ActivityCreated, ActivityFailed, AgreementCreated, AgreementRejected, CommandOutput,
+    DebitNoteAccepted, Event, GolemStarted, GolemStopped, InvoiceAccepted, InvoiceRejected,
+    JobFinished, JobStarted, PaymentMissing, ScriptFinished, ScriptSent, TaskAccepted, TaskFailed,
+    TaskRejected, TaskRetried, TaskStarted,
+)
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+P0, P1 = "local-provider-0", "local-provider-1"
+JOB = "job-1"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def accepted_task(task_id: str, provider: str, t: float, job: str = JOB) -> list[Event]:
+    activity = f"act-{provider}"
+    return [
+        TaskStarted(timestamp=at(t), job_id=job, task_id=task_id, activity_id=activity,
+                    provider_name=provider, data=int(task_id)),
+        TaskAccepted(timestamp=at(t + 0.1), job_id=job, task_id=task_id, provider_name=provider,
+                     result="ok", running_time=0.1),
+    ]
+
+
+def failed_task(task_id: str, data: Any, reason: str, t: float, job: str = JOB) -> list[Event]:
+    return [TaskFailed(timestamp=at(t), job_id=job, task_id=task_id, data=data, reason=reason,
+                       attempts=1)]
+
+
+def a_run() -> list[Event]:
+    """12 tasks on two providers; task 7 fails three times, one activity is lost."""
+    events: list[Event] = [
+        GolemStarted(timestamp=at(0), backend="local", budget=Decimal("1")),
+        JobStarted(timestamp=at(0.1), job_id=JOB),
+        AgreementCreated(timestamp=at(0.2), job_id=JOB, agreement_id="agr-0", provider_id="0x0",
+                         provider_name=P0),
+        AgreementCreated(timestamp=at(0.2), job_id=JOB, agreement_id="agr-1", provider_id="0x1",
+                         provider_name=P1),
+        ActivityCreated(timestamp=at(0.3), job_id=JOB, activity_id="act-0", agreement_id="agr-0",
+                        provider_name=P0),
+        ScriptSent(timestamp=at(0.4), job_id=JOB, activity_id="act-0", batch_id="b-0",
+                   commands=({"run": {"entry_point": "/bin/true"}},)),
+        ScriptFinished(timestamp=at(0.5), job_id=JOB, activity_id="act-0", batch_id="b-0",
+                       success=True),
+    ]
+    for i in range(12):
+        if i != 7:
+            events += accepted_task(str(i), P0 if i % 2 == 0 else P1, 1 + i * 0.1)
+    reason = "command exited with return code 1"
+    for attempt in (1, 2, 3):
+        events.append(TaskStarted(timestamp=at(2), job_id=JOB, task_id="7", activity_id="act-1",
+                                  provider_name=P1, data="x"))
+        events.append(TaskRejected(timestamp=at(2), job_id=JOB, task_id="7", provider_name=P1,
+                                   reason=reason, retry=attempt < 3))
+        if attempt < 3:
+            events.append(TaskRetried(timestamp=at(2), job_id=JOB, task_id="7", attempt=attempt,
+                                      reason=reason))
+    events += [
+        TaskFailed(timestamp=at(2.5), job_id=JOB, task_id="7", data="x", reason=reason,
+                   attempts=3),
+        ActivityFailed(timestamp=at(2.6), job_id=JOB, activity_id="act-1", provider_name=P1,
+                       reason="activity lost"),
+        JobFinished(timestamp=at(3), job_id=JOB),
+        DebitNoteAccepted(timestamp=at(3.1), agreement_id="agr-0", provider_name=P0,
+                          amount=Decimal("0.001")),
+        DebitNoteAccepted(timestamp=at(3.2), agreement_id="agr-0", provider_name=P0,
+                          amount=Decimal("0.002")),
+        InvoiceAccepted(timestamp=at(3.3), agreement_id="agr-0", provider_name=P0,
+                        amount=Decimal("0.002")),
+        InvoiceAccepted(timestamp=at(3.3), agreement_id="agr-1", provider_name=P1,
+                        amount=Decimal("0.00212")),
+        GolemStopped(timestamp=at(3.4)),
+    ]
+    return events
+
+
+def summarise(events: list[Event]) -> RunSummary:
+    summary = RunSummary()
+    for event in events:
+        summary(event)
+    return summary
+
+
+# -- RunSummary ----------------------------------------------------------------------------
+
+def test_summary_reports_tasks_providers_failures_and_cost() -> None:
+    text = summarise(a_run()).render()
+    assert text.splitlines() == [
+        "workgen: 12 tasks in 3.4s: 11 accepted, 1 failed",
+        "  local-provider-0  6 tasks",
+        "  local-provider-1  5 tasks",
+        "  failed: task 7 (data='x'): command exited with return code 1 (3 attempts)",
+        "  results rejected: 3 (command exited with return code 1 x3), retries: 2",
+        "  cost: 0.004120 (2 invoices), agreements: 2, activities failed: 1 (activity lost)",
+    ]
+
+
+def test_summary_counts_are_exposed_as_attributes() -> None:
+    summary = summarise(a_run())
+    assert (summary.tasks_total, summary.tasks_started, summary.tasks_accepted) == (12, 12, 11)
+    assert [f.task_id for f in summary.failed_tasks] == ["7"]
+    assert summary.accepted_by_provider == {P0: 6, P1: 5}
+    assert summary.providers == [P0, P1]
+    assert summary.retries == 2 and summary.scripts == 1 and summary.activities == 1
+    assert summary.total_cost == Decimal("0.00412")
+    assert summary.unpaid == {}
+    assert summary.elapsed == pytest.approx(3.4)
+
+
+def test_total_cost_is_an_exact_decimal_sum_of_accepted_invoices() -> None:
+    events: list[Event] = [
+        InvoiceAccepted(agreement_id=f"agr-{i}", provider_name=P0, amount=Decimal("0.1"))
+        for i in range(3)
+    ]
+    events.append(InvoiceRejected(agreement_id="agr-9", provider_name=P1, amount=Decimal("5"),
+                                  reason="over budget"))
+    summary = summarise(events)
+    assert summary.total_cost == Decimal("0.3")
+    text = summary.render()
+    assert "cost: 0.300000 (3 invoices)" in text
+    assert "invoice rejected: 5.000000 from local-provider-1: over budget" in text
+
+
+def test_money_smaller_than_six_places_is_not_rounded_away() -> None:
+    summary = summarise([InvoiceAccepted(agreement_id="a", provider_name=P0,
+                                         amount=Decimal("0.000000123"))])
+    assert "cost: 0.000000123 (1 invoice)" in summary.render()
+
+
+def test_debit_notes_not_covered_by_an_invoice_and_missing_payments_are_unpaid() -> None:
+    summary = summarise([
+        AgreementCreated(job_id=JOB, agreement_id="a0", provider_id="0x0", provider_name=P0),
+        AgreementCreated(job_id=JOB, agreement_id="a1", provider_id="0x1", provider_name=P1),
+        DebitNoteAccepted(agreement_id="a0", provider_name=P0, amount=Decimal("0.1")),
+        DebitNoteAccepted(agreement_id="a0", provider_name=P0, amount=Decimal("0.5")),
+        InvoiceAccepted(agreement_id="a0", provider_name=P0, amount=Decimal("0.3")),
+        DebitNoteAccepted(agreement_id="a1", provider_name=P1, amount=Decimal("0.25")),
+        PaymentMissing(agreement_id="a1", provider_name=P1),
+        PaymentMissing(agreement_id="a2", provider_name="far-provider"),
+    ])
+    assert summary.unpaid == {"a0": Decimal("0.2"), "a1": Decimal("0.25"), "a2": Decimal(0)}
+    assert summary.running_cost == Decimal("0.75")
+    assert summary.total_cost == Decimal("0.3")
+    assert ("  unpaid: 0.450000 on 3 agreements: local-provider-0 0.200000, "
+            "local-provider-1 0.250000 (no invoice), far-provider 0.000000 (no invoice)"
+            in summary.render())
+
+
+def test_every_failure_is_listed_up_to_a_cap_then_counted_by_reason() -> None:
+    events: list[Event] = []
+    for i in range(25):
+        events += failed_task(str(i), i, "boom" if i < 22 else "crash", i)
+    lines = summarise(events).render().splitlines()
+    assert lines[0] == "workgen: 25 tasks in 24.0s: 0 accepted, 25 failed"
+    assert sum(line.startswith("  failed: task ") for line in lines) == 20
+    assert "  ... and 5 more failed: crash x3, boom x2" in lines
+
+
+def test_failure_line_shortens_data_and_marks_a_cut_reason() -> None:
+    reason = "command exited with return code 2\nTraceback (most recent call last): ..."
+    text = summarise(failed_task("3", "y" * 500, reason, 0)).render()
+    line = next(line for line in text.splitlines() if "failed: task 3" in line)
+    assert "command exited with return code 2 ..." in line
+    assert "Traceback" not in line
+    assert len(line) < 200
+
+
+def test_unfinished_tasks_and_early_job_ends_are_reported() -> None:
+    events: list[Event] = [JobStarted(timestamp=at(0), job_id=JOB)]
+    events += accepted_task("1", P0, 1)
+    events.append(TaskStarted(timestamp=at(2), job_id=JOB, task_id="2", activity_id="a",
+                              provider_name=P0, data=2))
+    events.append(JobFinished(timestamp=at(3), job_id=JOB, error="timeout after 3s"))
+    lines = summarise(events).render().splitlines()
+    assert lines[0] == "workgen: 2 tasks in 3.0s: 1 accepted, 0 failed, 1 unfinished"
+    assert "  job job-1 ended early: timeout after 3s" in lines
+
+
+def test_tasks_of_several_jobs_are_named_with_their_job() -> None:
+    events = failed_task("1", "a", "boom", 0, job="job-a") + failed_task("1", "b", "boom", 1,
+                                                                       job="job-b")
+    text = summarise(events).render()
+    assert "failed: task job-a/1 (data='a')" in text
+    assert "failed: task job-b/1 (data='b')" in text
+
+
+def test_a_repeated_outcome_is_counted_once() -> None:
+    summary = summarise(accepted_task("1", P0, 0) + accepted_task("1", P0, 1))
+    assert summary.tasks_accepted == 1
+    assert summary.accepted_by_provider == {P0: 1}
+
+
+def test_rejected_agreements_are_grouped_by_reason() -> None:
+    events: list[Event] = [
+        AgreementRejected(job_id=JOB, provider_id=f"0x{i}", provider_name=f"p{i}",
+                          reason="busy") for i in range(3)
+    ]
+    assert "agreements: 0 (3 rejected: busy x3)" in summarise(events).render()
+
+
+def test_no_tasks_still_gives_a_report() -> None:
+    text = summarise([GolemStarted(timestamp=at(0), backend="local", budget=Decimal(1)),
+                      GolemStopped(timestamp=at(0.5))]).render()
+    assert text.splitlines() == ["workgen: no tasks in 0.5s",
+                                 "  cost: 0.000000 (0 invoices), agreements: 0"]
+
+
+# -- ProgressDisplay -----------------------------------------------------------------------
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def feed(consumer: ProgressDisplay, events: list[Event]) -> None:
+    for event in events:
+        consumer(event)
+
+
+def test_live_defaults_to_whether_the_stream_is_a_terminal() -> None:
+    assert ProgressDisplay(io.StringIO()).live is False
+    assert ProgressDisplay(FakeTerminal()).live is True
+    assert ProgressDisplay(FakeTerminal(), live=False).live is False
+
+
+def test_not_live_logs_important_events_and_writes_only_the_summary(
+        caplog: pytest.LogCaptureFixture) -> None:
+    stream = io.StringIO()
+    progress = ProgressDisplay(stream, live=False)
+    caplog.set_level(logging.INFO, logger="workgen")
+    run = a_run()
+    feed(progress, run[:-1])
+    assert stream.getvalue() == ""
+    progress(run[-1])
+    out = stream.getvalue()
+    assert out == progress.summary.render() + "\n"
+    assert "\x1b" not in out and "\r" not in out
+    logged = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert ("workgen", logging.WARNING, "task 7 failed after 3 attempts: command exited with "
+            "return code 1 (data='x')") in logged
+    assert ("workgen", logging.WARNING, "activity act-1 on local-provider-1 failed: "
+            "activity lost") in logged
+    assert ("workgen", logging.INFO, "job job-1 finished") in logged
+
+
+def test_live_keeps_one_status_line_and_prints_events_above_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    stream = io.StringIO()
+    progress = ProgressDisplay(stream, live=True)
+    caplog.set_level(logging.DEBUG, logger="workgen")
+    run = a_run()
+    feed(progress, run[:-1])
+    out = stream.getvalue()
+    assert "\r\x1b[2K[job-1] " in out
+    assert "12 done · 1 failed · 2 providers · cost 0.000000 · " in out
+    # The failure is printed on a cleared line, then the status line comes back.
+    failure = "\r\x1b[2Ktask 7 failed after 3 attempts"
+    assert failure in out
+    assert out.index("\r\x1b[2K[", out.index(failure)) > out.index(failure)
+    assert "\n" not in out.rsplit("\r\x1b[2K", 1)[1]  # the status line stays unterminated
+    progress(run[-1])
+    final = stream.getvalue()[len(out):]
+    assert final == "\r\x1b[2K" + progress.summary.render() + "\n"
+    assert not [r for r in caplog.records if r.name == "workgen"]  # printed, not logged
+
+
+def test_live_status_redraws_at_most_ten_times_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    progress = ProgressDisplay(stream, live=True)
+    for i in range(50):
+        feed(progress, accepted_task(str(i), P0, i))
+    assert stream.getvalue().count("\r") == 1
+    clock[0] += 0.05
+    feed(progress, accepted_task("50", P0, 50))
+    assert stream.getvalue().count("\r") == 1
+    clock[0] += 0.1
+    feed(progress, accepted_task("51", P0, 51))
+    assert stream.getvalue().count("\r") == 2
+    # Task 51's start was drawn; its acceptance, 0 s later, waits for the next event.
+    assert stream.getvalue().endswith("[workgen] 51 done · 1 provider · cost 0.000000 · 0.1s")
+
+
+def test_status_shows_the_total_when_the_job_announces_it() -> None:
+    @dataclass(frozen=True, kw_only=True)
+    class CountedJobStarted(JobStarted):
+        tasks_total: int
+
+    stream = io.StringIO()
+    progress = ProgressDisplay(stream, live=True)
+    progress(CountedJobStarted(job_id=JOB, tasks_total=100))
+    feed(progress, failed_task("1", 1, "boom", 0))  # printed above: forces a redraw
+    assert stream.getvalue().endswith("[job-1] 1/100 tasks done · 1 failed · 0 providers · "
+                                      "cost 0.000000 · 0.0s")
+
+
+def test_command_output_is_written_line_by_line_with_the_provider_name() -> None:
+    stream = io.StringIO()
+    progress = ProgressDisplay(stream, live=False)
+
+    def out(chunk: str | bytes, stream_name: str = "stdout", index: int = 0) -> CommandOutput:
+        return CommandOutput(activity_id="act-0", provider_name=P0, index=index,
+                             stream=stream_name, output=chunk)
+
+    e_acute = "é".encode()
+    feed(progress, [out("hel"), out("lo\r\nwor"), out(b"caf" + e_acute[:1], index=1),
+                    out(e_acute[1:] + b"\n", index=1), out("oops\n", "stderr")])
+    assert stream.getvalue() == ("[local-provider-0] hello\n[local-provider-0] café\n"
+                                 "[local-provider-0] oops\n")
+    progress(ScriptFinished(job_id=JOB, activity_id="act-0", batch_id="b", success=True))
+    assert stream.getvalue().endswith("[local-provider-0] wor\n")
+    assert "\x1b" not in stream.getvalue()
+
+
+def test_live_command_output_goes_above_the_status_line() -> None:
+    stream = io.StringIO()
+    progress = ProgressDisplay(stream, live=True)
+    progress(JobStarted(job_id=JOB))
+    progress(CommandOutput(activity_id="a", provider_name=P1, index=0, stream="stdout",
+                           output=b"hello\n"))
+    assert "\r\x1b[2K[local-provider-1] hello\n" in stream.getvalue()
+
+
+def test_partial_output_is_flushed_when_the_run_stops() -> None:
+    stream = io.StringIO()
+    progress = ProgressDisplay(stream, live=False)
+    progress(CommandOutput(activity_id="a", provider_name=P1, index=0, stream="stdout",
+                           output="no newline"))
+    progress(GolemStopped())
+    assert stream.getvalue().startswith("[local-provider-1] no newline\nworkgen: no tasks")
+
+
+def test_unknown_events_are_ignored() -> None:
+    @dataclass(frozen=True, kw_only=True)
+    class SomethingNew(Event):
+        detail: str
+
+    stream = io.StringIO()
+    progress = ProgressDisplay(stream, live=False)
+    progress(SomethingNew(detail="?"))
+    assert stream.getvalue() == ""
+    assert progress.summary.tasks_total == 0
+
+
+def test_a_broken_stream_never_raises_into_the_run(caplog: pytest.LogCaptureFixture) -> None:
+    stream = io.StringIO()
+    progress = ProgressDisplay(stream, live=True)
+    stream.close()
+    for event in a_run():
+        progress(event)
+    warnings = [r for r in caplog.records if r.getMessage() == "progress display failed"]
+    assert len(warnings) == 1
+    assert progress.summary.tasks_accepted == 11
+
+
+def test_odd_event_values_never_raise(caplog: pytest.LogCaptureFixture) -> None:
+    class BadRepr:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    stream = io.StringIO()
+    progress = ProgressDisplay(stream, live=False)
+    bad_amount: Any = None
+    progress(InvoiceAccepted(agreement_id="a", provider_name=P0, amount=bad_amount))
+    progress(TaskFailed(job_id=JOB, task_id="1", data=BadRepr(), reason="", attempts=0))
+    progress(GolemStopped())
+    assert "run summary could not record InvoiceAccepted" in caplog.messages
+    assert "failed: task 1 (data=<BadRepr instance at " in stream.getvalue()
+    assert "): no reason given (0 attempts)" in stream.getvalue()
+
+
+# -- log_events ----------------------------------------------------------------------------
+
+def test_log_events_logs_each_event_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="workgen.events")
+    event = JobStarted(timestamp=at(0), job_id=JOB)
+    log_events(event)
+    [record] = caplog.records
+    assert (record.name, record.levelno) == ("workgen.events", logging.DEBUG)
+    assert record.getMessage() == repr(event)

@@ -1,0 +1,326 @@
+"""The requestor end to end on the local network: real providers, real sandboxes, real money."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from workgen import (
+    ActivityLost, BatchTimeoutError, BudgetExhausted, CommandExecutionError, Golem,
+    JobTimeoutError, LocalNetwork, NoProvidersError, ProviderConfig, Task, TaskStatus,
+    WorkContext, events, vm,
+)
+from workgen.protocol.pricing import LinearPricing
+
+USAGE = ("golem.usage.duration_sec", "golem.usage.cpu_sec")
+
+
+class Recorder:
+    """An event consumer that keeps what the tests look at."""
+
+    def __init__(self) -> None:
+        self.events: list[events.Event] = []
+        self.on_event: list[Any] = []
+
+    def __call__(self, event: events.Event) -> None:
+        self.events.append(event)
+        for hook in self.on_event:
+            hook(event)
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def provider(i: int, price: float = 0.0001, fixed: float = 0.0) -> ProviderConfig:
+    return ProviderConfig(name=f"p{i}", cpu_threads=1, mem_gib=1.0, storage_gib=4.0,
+                          pricing=LinearPricing((price, price, fixed), USAGE))
+
+
+def golem(recorder: Recorder, providers: int = 2, budget: float = 1.0, **net: Any) -> Golem:
+    network = LocalNetwork(providers=[provider(i) for i in range(providers)], **net)
+    return Golem(budget=budget, backend=network, event_consumer=recorder)
+
+
+PAYLOAD = vm.repo(min_mem_gib=0.5)
+
+
+async def date_worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+    async for task in tasks:
+        script = context.new_script()
+        future_result = script.run("/bin/sh", "-c", "date")
+        yield script
+        task.accept_result(result=await future_result)
+
+
+async def collect(g: Golem, worker: Any, data: Any, **kw: Any) -> list[Task[Any, Any]]:
+    return [t async for t in g.execute_tasks(worker, data, payload=PAYLOAD, **kw)]
+
+
+async def test_the_documentation_worker_runs_unchanged() -> None:
+    rec = Recorder()
+    async with golem(rec) as g:
+        (task,) = await collect(g, date_worker, [Task(data=None)])
+    assert task.status is TaskStatus.ACCEPTED
+    assert task.result.success and task.result.return_code == 0
+    assert "UTC" in task.result.stdout or ":" in task.result.stdout
+    (invoice,) = rec.of(events.InvoiceAccepted)
+    assert invoice.amount > 0
+
+
+async def test_several_providers_work_at_once() -> None:
+    rec = Recorder()
+    barrier = asyncio.Barrier(3)
+
+    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            if task.data < 3:
+                await barrier.wait()  # passes only when three activities work at the same time
+            script = context.new_script()
+            out = script.run("/bin/echo", str(task.data))
+            yield script
+            task.accept_result((await out).stdout)
+
+    async with golem(rec, providers=3) as g:
+        done = await collect(g, worker, range(12))
+    assert sorted(int(t.result) for t in done) == list(range(12))
+    assert len({t.provider_name for t in done}) == 3
+    assert len(rec.of(events.AgreementCreated)) == 3
+
+
+async def test_a_failing_worker_s_task_goes_to_another_activity() -> None:
+    rec = Recorder()
+    activities: dict[int, list[str]] = {}
+
+    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            activities.setdefault(task.data, []).append(context.id)
+            if task.data == 0 and task.attempts == 1:
+                raise RuntimeError("worker bug on the first try")
+            script = context.new_script()
+            script.run("/bin/true")
+            yield script
+            task.accept_result(task.data)
+
+    async with golem(rec) as g:
+        done = await collect(g, worker, range(4))
+    assert sorted(t.result for t in done) == [0, 1, 2, 3]
+    first, second = activities[0]
+    assert first != second
+    (retried,) = rec.of(events.TaskRetried)
+    assert "worker bug" in retried.reason
+    assert rec.of(events.ActivityFailed)
+
+
+async def test_a_command_that_always_fails_uses_up_its_retries_and_is_reported() -> None:
+    rec = Recorder()
+
+    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = context.new_script()
+            script.run("/bin/sh", "-c", f"[ {task.data} -ne 1 ] || {{ echo no >&2; exit 7; }}")
+            yield script
+            task.accept_result(task.data)
+
+    async with golem(rec) as g:
+        done = await collect(g, worker, range(3), max_retries=2)
+    assert sorted(t.result for t in done) == [0, 2]
+    (failed,) = g.failed_tasks
+    assert failed.data == 1 and failed.status is TaskStatus.FAILED
+    assert failed.attempts == 3
+    assert "return code 7" in (failed.reason or "") and "no" in (failed.reason or "")
+    (event,) = rec.of(events.TaskFailed)
+    assert event.task_id == failed.id
+
+
+async def test_killed_execution_unit_is_activity_lost_and_the_task_completes_elsewhere() -> None:
+    rec = Recorder()
+    network = LocalNetwork(providers=[provider(0), provider(1)])
+    killed: list[str] = []
+
+    def kill_first_long_script(event: events.Event) -> None:
+        if isinstance(event, events.ScriptSent) and not killed and "sleep 30" in str(
+                event.commands):
+            killed.append(event.activity_id)
+            pid = network.exe_unit(event.activity_id).sandbox_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+    rec.on_event.append(kill_first_long_script)
+    seen: list[BaseException] = []
+
+    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = context.new_script()
+            command = "sleep 30" if task.attempts == 1 else "echo survived"
+            out = script.run("/bin/sh", "-c", command)
+            try:
+                yield script
+            except ActivityLost as exc:
+                seen.append(exc)
+                raise
+            task.accept_result((await out).stdout)
+
+    async with Golem(budget=1, backend=network, event_consumer=rec) as g:
+        (task,) = await collect(g, worker, ["x"])
+    assert task.result == "survived\n" and task.attempts == 2
+    assert len(seen) == 1 and killed
+
+
+async def test_failed_command_is_thrown_in_at_yield_and_later_commands_are_skipped() -> None:
+    rec = Recorder()
+    caught: list[Any] = []
+
+    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = context.new_script()
+            script.run("/bin/sh", "-c", "exit 3")
+            after = script.run("/bin/echo", "never")
+            try:
+                yield script
+            except CommandExecutionError as exc:
+                caught.append((exc.result.return_code, exc.index))
+                with pytest.raises(Exception, match="did not run"):
+                    await after
+                task.reject_result("command failed", retry=False)
+                continue
+            task.accept_result()
+
+    async with golem(rec) as g:
+        assert await collect(g, worker, ["x"]) == []
+    assert caught == [(3, 0)]
+    (failed,) = g.failed_tasks
+    assert failed.status is TaskStatus.REJECTED and failed.reason == "command failed"
+
+
+async def test_script_timeout_raises_batch_timeout_at_yield() -> None:
+    rec = Recorder()
+    caught: list[BaseException] = []
+
+    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = context.new_script(timeout=0.5)
+            script.run("/bin/sleep", "30")
+            try:
+                yield script
+            except BatchTimeoutError as exc:
+                caught.append(exc)
+                task.reject_result("too slow")
+                continue
+            task.accept_result()
+
+    async with golem(rec) as g:
+        await collect(g, worker, ["x"])
+    assert len(caught) == 1
+
+
+async def test_job_timeout_ends_the_job_and_reports_its_tasks() -> None:
+    rec = Recorder()
+
+    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = context.new_script()
+            script.run("/bin/sleep", "30")
+            yield script
+            task.accept_result()
+
+    async with golem(rec) as g:
+        with pytest.raises(JobTimeoutError):
+            await collect(g, worker, range(3), timeout=1.0)
+        assert len(g.failed_tasks) == 3
+    assert rec.of(events.AgreementTerminated)
+
+
+async def test_constraints_no_offer_satisfies_are_a_clear_error() -> None:
+    rec = Recorder()
+    async with golem(rec) as g:
+        with pytest.raises(NoProvidersError, match="golem.inf.mem.gib>=512"):
+            async for _ in g.execute_tasks(date_worker, [Task(None)],
+                                           payload=vm.repo(min_mem_gib=512)):
+                pass
+
+
+async def test_budget_is_never_exceeded() -> None:
+    rec = Recorder()
+    # 0.01 per second of wall and CPU time: a budget of 0.1 buys a few seconds of work.
+    network = LocalNetwork(providers=[provider(0, price=0.01), provider(1, price=0.01)])
+    async with Golem(budget=0.1, backend=network, event_consumer=rec) as g:
+        with pytest.raises(BudgetExhausted):
+            async for _ in g.execute_tasks(sleepy_worker, range(100), payload=PAYLOAD):
+                pass
+    paid = sum((e.amount for e in rec.of(events.InvoiceAccepted)), Decimal(0))
+    assert Decimal(0) < paid <= Decimal("0.1")
+    assert network.ledger.spent == paid
+    assert g.budget.reserved == g.budget.paid == paid  # every reservation settled
+    assert g.failed_tasks
+
+
+async def sleepy_worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+    async for task in tasks:
+        script = context.new_script()
+        script.run("/bin/sleep", "0.3")
+        yield script
+        task.accept_result()
+
+
+async def test_cancelling_a_running_job_cleans_up_and_pays_for_work_done() -> None:
+    rec = Recorder()
+    network = LocalNetwork(providers=[provider(0), provider(1)])
+    started = asyncio.Event()
+    rec.on_event.append(lambda e: started.set() if isinstance(e, events.TaskStarted) else None)
+
+    async def run() -> None:
+        async with Golem(budget=1, backend=network, event_consumer=rec) as g:
+            async for _ in g.execute_tasks(sleepy_worker, range(1000), payload=PAYLOAD):
+                pass
+
+    runner = asyncio.ensure_future(run())
+    await started.wait()
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    created = {e.agreement_id for e in rec.of(events.AgreementCreated)}
+    terminated = {e.agreement_id for e in rec.of(events.AgreementTerminated)}
+    invoiced = {e.agreement_id for e in rec.of(events.InvoiceAccepted)}
+    assert created and created == terminated == invoiced
+
+
+async def test_breaking_out_of_the_loop_shuts_the_job_down() -> None:
+    rec = Recorder()
+    async with golem(rec) as g:
+        async for _ in g.execute_tasks(date_worker, range(1000), payload=PAYLOAD):
+            break
+    created = {e.agreement_id for e in rec.of(events.AgreementCreated)}
+    assert created == {e.agreement_id for e in rec.of(events.AgreementTerminated)}
+
+
+@pytest.mark.watchdog(300)
+async def test_ten_thousand_tasks_in_one_job_with_bounded_memory() -> None:
+    counts: Counter[str] = Counter()
+
+    def count(event: events.Event) -> None:
+        counts[type(event).__name__] += 1
+
+    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = context.new_script()
+            script.run("/bin/true")
+            yield script
+            task.accept_result()
+
+    network = LocalNetwork(providers=[provider(0), provider(1)])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = 0
+    async with Golem(budget=10, backend=network, event_consumer=count) as g:
+        async for _ in g.execute_tasks(worker, (i for i in range(10_000)), payload=PAYLOAD):
+            n += 1
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert n == 10_000 and counts["TaskAccepted"] == 10_000
+    assert grown_mib < 60, f"memory grew by {grown_mib:.0f} MiB"
