@@ -1,0 +1,110 @@
+"""Benchmark: trivial tasks end to end through ``execute_tasks`` on the local network, against
+raw asyncio subprocess spawning at the same concurrency; and the wall time of hello.py.
+
+Both figures come from one run, measured alternately so that a busy machine affects both alike:
+
+* tasks/s of N tasks ``/bin/sh -c date`` through ``Golem.execute_tasks`` on ``LocalNetwork``
+  (P providers, so P activities work at once; each task one script, one command, output
+  captured, in a bubblewrap sandbox), next to tasks/s of the same N commands run with
+  ``asyncio.create_subprocess_exec`` (output piped) P at a time. Target: ratio >= 0.80.
+* the wall time of ``python examples/hello.py`` from process start to exit (target < 1 s),
+  next to ``python -c pass`` as the floor of any Python program.
+
+    .venv/bin/python bench/throughput.py [-n 5000] [--providers 2] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from workgen import Golem, LocalNetwork, ProgressDisplay, Task, WorkContext, vm
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMAND = ("/bin/sh", "-c", "date")
+
+
+async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+    async for task in tasks:
+        script = context.new_script()
+        future_result = script.run(*COMMAND)
+        yield script
+        task.accept_result(result=await future_result)
+
+
+async def through_golem(n: int, providers: int) -> float:
+    display = ProgressDisplay(io.StringIO(), live=False)
+    async with Golem(budget=100, backend=LocalNetwork(providers=providers),
+                     event_consumer=display) as golem:
+        start = time.perf_counter()
+        done = 0
+        async for task in golem.execute_tasks(worker, range(n), payload=vm.repo(),
+                                              max_workers=providers):
+            assert task.result.success
+            done += 1
+        elapsed = time.perf_counter() - start
+    assert done == n
+    return n / elapsed
+
+
+async def through_raw_asyncio(n: int, concurrency: int) -> float:
+    queue = iter(range(n))
+
+    async def lane() -> None:
+        for _ in queue:
+            proc = await asyncio.create_subprocess_exec(
+                *COMMAND, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            await proc.communicate()
+            assert proc.returncode == 0
+
+    start = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(concurrency):
+            tg.create_task(lane())
+    return n / (time.perf_counter() - start)
+
+
+def wall_time(*args: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *args], cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=5000, help="tasks per measurement")
+    parser.add_argument("--providers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--hello-runs", type=int, default=5)
+    args = parser.parse_args()
+
+    golem_rates, raw_rates = [], []
+    for _ in range(args.rounds):
+        raw_rates.append(asyncio.run(through_raw_asyncio(args.n, args.providers)))
+        golem_rates.append(asyncio.run(through_golem(args.n, args.providers)))
+    best_g, best_r = max(golem_rates), max(raw_rates)
+    print(f"tasks: {args.n} x {args.rounds} rounds, {args.providers} providers = concurrency "
+          f"{args.providers}")
+    print(f"raw asyncio subprocess      : {best_r:8.1f} tasks/s  (rounds: "
+          + ", ".join(f"{r:.0f}" for r in raw_rates) + ")")
+    print(f"execute_tasks, local network: {best_g:8.1f} tasks/s  (rounds: "
+          + ", ".join(f"{r:.0f}" for r in golem_rates) + ")")
+    print(f"ratio execute_tasks / raw   : {best_g / best_r:8.2f}  (target >= 0.80)")
+
+    hello = [wall_time("examples/hello.py") for _ in range(args.hello_runs)]
+    floor = [wall_time("-c", "pass") for _ in range(args.hello_runs)]
+    print(f"examples/hello.py wall time : {statistics.median(hello):8.3f} s median of "
+          f"{args.hello_runs} (max {max(hello):.3f} s; target < 1 s)")
+    print(f"python -c pass wall time    : {statistics.median(floor):8.3f} s median")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Every example runs as a user would run it, as its own process, and does what it says."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_hello_prints_the_provider_s_date(tmp_path: Path) -> None:
+    done = run_example(str(EXAMPLES / "hello.py"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"\b\d\d:\d\d:\d\d\b.*\b20\d\d\b", done.stdout), done.stdout
+    assert "1 accepted" in done.stderr
+
+
+def test_retries_example_retries_a_wrong_answer_and_reports_bad_input(tmp_path: Path) -> None:
+    done = run_example(str(EXAMPLES / "retries.py"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "7^2 = 49 (attempts: 2)" in lines
+    assert {"2^2 = 4 (attempts: 1)", "3^2 = 9 (attempts: 1)", "11^2 = 121 (attempts: 1)"} <= set(lines)
+    assert any(line.startswith("failed: 'twelve': bad input") for line in lines)
+
+
+@pytest.mark.timeout(300)
+def test_render_example_makes_an_animation_from_frames_rendered_on_providers(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = run_example(str(EXAMPLES / "render.py"), "--frames", "6", "--size", "96x72",
+                       "--out", str(out), cwd=tmp_path, timeout=280)
+    assert done.returncode == 0, done.stderr
+    with Image.open(out / "animation.gif") as gif:
+        assert gif.n_frames == 6 and gif.size == (96, 72)
+    frames = sorted(out.glob("frame-*.png"))
+    assert len(frames) == 6
+    # The scene turns: frames differ.
+    with Image.open(frames[0]) as first, Image.open(frames[3]) as fourth:
+        assert first.tobytes() != fourth.tobytes()
+
+
+CTRL_C_SCRIPT = """
+import asyncio
+from workgen import Golem, LocalNetwork, Task, vm
+
+async def worker(context, tasks):
+    async for task in tasks:
+        script = context.new_script()
+        script.run("/bin/sleep", "0.2")
+        yield script
+        task.accept_result()
+        print("accepted", flush=True)
+
+async def main():
+    async with Golem(budget=1, backend=LocalNetwork(providers=2)) as golem:
+        async for _ in golem.execute_tasks(worker, range(10_000), payload=vm.repo()):
+            pass
+
+asyncio.run(main())
+"""
+
+
+def test_ctrl_c_ends_a_run_within_seconds_and_settles_payments(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "accepted\n"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "KeyboardInterrupt" in stderr
+    summary = stderr[stderr.index("workgen:"):]
+    assert "accepted" in summary
+    assert re.search(r"cost: [0-9.]+ \(2 invoices\)", summary), summary
+    assert "unpaid" not in summary
