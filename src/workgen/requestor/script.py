@@ -19,7 +19,6 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..backends.base import Destination, Source, Storage
-from ..errors import DownloadLimitExceeded
 from ..protocol.exescript import (
     AtEnd, Capture, CaptureMode, Command, Deploy, Run, Start, Stream, Terminate, Transfer,
 )
@@ -109,12 +108,10 @@ class _Download(_Step):
     async def finish(self, result: Result) -> Result:
         assert self.destination is not None
         if self._to_path is not None:
+            self._to_path.parent.mkdir(parents=True, exist_ok=True)
             await self.destination.save_to(self._to_path)
             return result
-        try:
-            content: Any = await self.destination.read_bytes(self._limit)
-        except DownloadLimitExceeded:
-            raise
+        content: Any = await self.destination.read_bytes(self._limit)
         if self._json:
             content = json.loads(content)
         if self._on_download is not None:
