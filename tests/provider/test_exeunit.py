@@ -471,3 +471,11 @@ async def test_cpu_threads_limit_the_cpus_an_activity_runs_on(tmp_path: Path) ->
     async with ready_unit(tmp_path, resources=Resources(cpu_threads=1)) as unit:
         result = await run_one(unit, "nproc")
     assert result.stdout == "1\n"
+
+
+async def test_a_batch_cancelled_before_it_starts_still_gets_a_result(tmp_path: Path) -> None:
+    async with ready_unit(tmp_path) as unit:
+        batch_id = unit.exec([sh("echo never")])
+        await unit.cancel(batch_id)  # before the event loop ever ran the batch
+        (result,) = await unit.results(batch_id)
+    assert result.result == "Error" and "cancelled" in (result.message or "")

@@ -20,7 +20,7 @@ from typing import Literal
 from ..base import Activity
 from ...errors import ActivityClosed, ActivityLost
 from ...protocol.exescript import Command
-from ...protocol.results import CommandResult, RuntimeEvent, utc_now
+from ...protocol.results import CommandResult, RuntimeEvent
 from ...provider.exeunit.batch import EventSubscription
 from ...provider.exeunit.unit import ActivityState, ExeUnit, ExeUnitError
 
@@ -150,7 +150,6 @@ class LocalBatch:
         self._task = self._batch.task
         assert self._task is not None
         self._ending: _Ending | None = None
-        self._cancelled = False
         self._task.add_done_callback(self._on_done)
 
     @property
@@ -193,19 +192,12 @@ class LocalBatch:
         if ending.closed_by == "requestor":
             raise ActivityClosed(f"activity {activity_id} was destroyed while batch {self.id} ran",
                                  activity_id=activity_id)
-        if not self._batch.finished.is_set() and self._cancelled:
-            # The execution unit cancels a batch that never started without giving it a
-            # result; say what happened rather than return nothing.
-            return [CommandResult(index=0, result="Error", event_date=utc_now(),
-                                  message="batch cancelled before it started",
-                                  is_batch_finished=True)]
         if not self._batch.finished.is_set():
             raise ActivityLost(f"activity {activity_id}: the execution unit stopped batch "
                                f"{self.id} without a result", activity_id=activity_id)
         return results
 
     async def cancel(self) -> None:
-        self._cancelled = True
         if not self._record.closed:
             await self._record.unit.cancel(self.id)
 

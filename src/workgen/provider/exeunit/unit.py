@@ -218,6 +218,10 @@ class ExeUnit:
             b.cancel_requested = True
             b.task.cancel()
             await asyncio.wait([b.task])
+        if not b.finished.is_set():
+            # Cancelled before its task ever ran: it still gets its (failed) result.
+            await self._finish(b, 0, False, _Outcome(
+                message="batch cancelled before it started", return_code=-1), last=True)
 
     def running_commands(self) -> list[dict[str, Any]]:
         """``ExeScriptCommandState`` of each command running now."""
