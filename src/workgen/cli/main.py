@@ -6,13 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import exeunit
+from . import devnet, exeunit, provider
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     exeunit.add_parser(commands)
+    devnet.add_parser(commands)
+    provider.add_parser(commands)
     return parser
 
 

@@ -15,7 +15,7 @@ from localnet_support import (
 from workgen.backends.base import Backend, Proposal, ProposalRejectedEvent
 from workgen.backends.local import INET, LocalNetwork, ProviderConfig
 from workgen.errors import ImageNotFound
-from workgen.backends.local.config import asks_for_inet
+from workgen.provider.offer import asks_for_inet
 from workgen.protocol.constraints import ConstraintSyntaxError, parse_constraints
 from workgen.protocol.pricing import LinearPricing
 

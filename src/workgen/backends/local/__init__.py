@@ -4,7 +4,7 @@
 agreements, sandboxed activities, debit notes, invoices and a budget-enforcing ledger.
 """
 
-from .config import INET, ProviderConfig, default_provider_configs
+from ...provider.offer import INET, ProviderConfig, default_provider_configs
 from .images import DEV_IMAGES_ENV, IMAGE_TAG, ImageStore
 from .ledger import PLATFORM, Ledger, Payment
 from .network import LocalNetwork

@@ -40,7 +40,7 @@ from ...protocol.properties import COM_PAYMENT_CHOSEN_PLATFORM, payment_platform
 from ...protocol.results import utc_now
 from ...provider.exeunit.unit import ExeUnit
 from .activity import ActivityRecord
-from .config import ProviderConfig, default_provider_configs
+from ...provider.offer import ProviderConfig, default_provider_configs
 from .images import DEV_IMAGES_ENV, ImageResolver, ImageStore
 from .ledger import Ledger, new_address
 from .market import Market, ParsedDemand, new_id

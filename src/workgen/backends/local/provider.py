@@ -36,7 +36,7 @@ from ...protocol.properties import (
 from ...provider.exeunit.unit import ExeUnit, ExeUnitConfig
 from ...provider.runtime.sandbox import Resources
 from .activity import ActivityRecord, ClosedBy
-from .config import INET, ProviderConfig, asks_for_inet, offer_properties
+from ...provider.offer import INET, ProviderConfig, asks_for_inet, offer_properties
 from .market import Offer, ParsedDemand, new_id
 
 log = logging.getLogger(__name__)

@@ -2,20 +2,24 @@
 
 Results are kept whole (they are small: a captured output is bounded by its capture mode), so
 ``GetExecBatchResults`` can be answered at any time, waiting for a given command index. Runtime
-events go only to the subscriptions open when they happen, each a bounded queue: a slow
-subscriber slows the command's output down (back-pressure) rather than growing memory.
+events go to every open subscription, each a bounded queue: a slow subscriber slows the
+command's output down (back-pressure) rather than growing memory. A subscription opened late
+first replays the batch's events so far (output up to :data:`HISTORY_BYTES`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Sequence
 from types import TracebackType
 
 from ...protocol.exescript import Command
-from ...protocol.results import CommandResult, RuntimeEvent
+from ...protocol.results import CommandResult, RuntimeEvent, StdErr, StdOut
 
 SUBSCRIPTION_QUEUE = 256
+HISTORY_BYTES = 1 << 20
+"""Output kept for subscribers that come late; beyond it they get the live part only."""
 
 
 class EventSubscription:
@@ -27,8 +31,11 @@ class EventSubscription:
         self._batch = batch
         self._queue: asyncio.Queue[object] = asyncio.Queue(SUBSCRIPTION_QUEUE)
         self._ended = False
+        # A subscriber that comes late (the daemon opens the SSE stream after Exec returned, and
+        # a quick command may be over by then) first gets what it missed.
+        self._backlog: collections.deque[object] = collections.deque(batch._history)
         if batch.finished.is_set():
-            self._queue.put_nowait(self._END)
+            self._backlog.append(self._END)
         else:
             batch._subscriptions.add(self)
 
@@ -38,7 +45,7 @@ class EventSubscription:
     async def __anext__(self) -> RuntimeEvent:
         if self._ended:
             raise StopAsyncIteration
-        item = await self._queue.get()
+        item = self._backlog.popleft() if self._backlog else await self._queue.get()
         if item is self._END:
             self._ended = True
             raise StopAsyncIteration
@@ -72,8 +79,17 @@ class Batch:
         self.task: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self._subscriptions: set[EventSubscription] = set()
+        self._history: list[RuntimeEvent] = []
+        self._history_bytes = 0
 
     async def publish(self, event: RuntimeEvent) -> None:
+        if isinstance(event.kind, (StdOut, StdErr)):
+            size = len(event.kind.output)
+            if self._history_bytes + size <= HISTORY_BYTES:
+                self._history_bytes += size
+                self._history.append(event)
+        else:
+            self._history.append(event)
         for sub in list(self._subscriptions):
             if not sub._ended:
                 await sub._queue.put(event)

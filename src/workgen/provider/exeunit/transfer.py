@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 CHUNK = 1 << 20
 HTTP_TIMEOUT = 60.0
@@ -89,8 +89,38 @@ def _file_path(url: str) -> Path:
     return Path(path)
 
 
-async def transfer(src: str, dst: str, volumes: Volumes) -> int:
+class RemoteScheme(Protocol):
+    """A transport for URLs the host cannot open itself (``gftp://`` on a yagna node)."""
+
+    async def fetch(self, url: str, dest: Path) -> int: ...
+
+    async def push(self, src: Path, url: str) -> int: ...
+
+
+async def transfer(src: str, dst: str, volumes: Volumes,
+                   remote: Mapping[str, RemoteScheme] | None = None) -> int:
     """Copy ``src`` to ``dst``; returns the number of bytes copied."""
+    src_scheme, src_rest = _split(src)
+    dst_scheme, dst_rest = _split(dst)
+    remote = remote or {}
+    if src_scheme in remote or dst_scheme in remote:
+        try:
+            if src_scheme in remote and dst_scheme == "container":
+                if dst_rest.endswith("/"):
+                    dst_rest += PurePosixPath(src_rest).name or "download"
+                target = volumes.resolve(dst_rest)
+                volumes.make_parents(target)
+                size = await remote[src_scheme].fetch(src, target)
+                volumes.give(target)
+                return size
+            if dst_scheme in remote and src_scheme == "container":
+                return await remote[dst_scheme].push(volumes.resolve(src_rest), dst)
+        except TransferError:
+            raise
+        except Exception as exc:
+            raise TransferError(f"{src} -> {dst}: {exc}") from exc
+        raise TransferError("a transfer goes into or out of the container: one side must be "
+                            f"a container: path (got {src!r} -> {dst!r})")
     return await asyncio.to_thread(_transfer, src, dst, volumes)
 
 

@@ -24,7 +24,7 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +40,7 @@ from ..runtime.channel import SandboxError, SandboxLost, SupervisorChannel
 from ..runtime.sandbox import DEFAULT_PATH, Resources, SandboxSpec, open_sandbox, sandbox_user
 from .batch import Batch, EventSubscription
 from .capture import DEFAULT_MAX_AT_END, Collector
-from .transfer import TransferError, Volumes, transfer
+from .transfer import RemoteScheme, TransferError, Volumes, transfer
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class ExeUnitConfig:
     """Where activity directories are made (a fresh temporary directory by default)."""
     max_at_end: int = DEFAULT_MAX_AT_END
     hostname: str = "golem-provider"
+    remote_schemes: Mapping[str, RemoteScheme] = field(default_factory=dict)
+    """Transports for URL schemes beyond file and http(s), e.g. ``gftp`` on a yagna node."""
 
 
 class _Failed(Exception):
@@ -108,6 +110,8 @@ class ExeUnit:
         self.config = config or ExeUnitConfig()
         self.state = ActivityState.NEW
         self.state_reason: str | None = None
+        self.on_state: Callable[[ActivityState], None] | None = None
+        """Called on every state change (the yagna link reports them to its daemon)."""
         self._batches: dict[str, Batch] = {}
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
@@ -125,10 +129,15 @@ class ExeUnit:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    def _set_state(self, state: ActivityState) -> None:
+        self.state = state
+        if self.on_state is not None:
+            self.on_state(state)
+
     async def __aenter__(self) -> ExeUnit:
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._started_at = time.monotonic()
-        self.state = ActivityState.INITIALIZED
+        self._set_state(ActivityState.INITIALIZED)
         return self
 
     async def __aexit__(
@@ -164,7 +173,7 @@ class ExeUnit:
             await asyncio.to_thread(_remove_tree, self._dir)
             self._dir = None
         self._ended_at = time.monotonic()
-        self.state = ActivityState.TERMINATED
+        self._set_state(ActivityState.TERMINATED)
         self.state_reason = reason
 
     # -- the exe unit's requests ------------------------------------------------------------
@@ -313,7 +322,8 @@ class ExeUnit:
             self._need(cmd, ActivityState.DEPLOYED, ActivityState.READY)
             assert self._volumes is not None
             try:
-                size = await transfer(cmd.from_, cmd.to, self._volumes)
+                size = await transfer(cmd.from_, cmd.to, self._volumes,
+                                      self.config.remote_schemes)
             except TransferError as exc:
                 raise _Failed(f"transfer failed: {exc}") from exc
             return _Outcome(message=f"transferred {size} bytes")
@@ -352,7 +362,7 @@ class ExeUnit:
                 os.chown(path, *self._user)
         self._volumes = Volumes(self.volumes, self._user)
         self._env = dict(cmd.env)
-        self.state = ActivityState.DEPLOYED
+        self._set_state(ActivityState.DEPLOYED)
 
     async def _start(self) -> None:
         assert self._tg is not None
@@ -366,7 +376,7 @@ class ExeUnit:
             self._channel = await started
         except SandboxError as exc:
             raise _Failed(f"start: {exc}") from exc
-        self.state = ActivityState.READY
+        self._set_state(ActivityState.READY)
 
     async def _keep_sandbox(
         self, spec: SandboxSpec, started: asyncio.Future[SupervisorChannel]

@@ -1,8 +1,10 @@
-"""Provider configuration for the local network, and the offer properties it turns into.
+"""Provider configuration and the offer properties it turns into (shared by the local network
+and the provider on a yagna node).
 
 The properties are Golem's (``golem.inf.*``, ``golem.runtime.*``, ``golem.com.*``, ...), so a
 demand, a strategy or a payload behaves the same locally and on Golem. Two are our own:
-:data:`INET` (a demand asks for outbound network access) and, in :mod:`.images`, the image tag.
+:data:`INET` (a demand asks for outbound network access) and the image tag of
+:mod:`workgen.backends.local.images`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ...protocol.constraints import And, Compare, Constraint, Op
-from ...protocol.pricing import LinearPricing
-from ...protocol.properties import (
+from ..protocol.constraints import And, Compare, Constraint, Op
+from ..protocol.pricing import LinearPricing
+from ..protocol.properties import (
     ACTIVITY_CAPS_TRANSFER_PROTOCOL, COM_SCHEME, COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC,
     INF_CPU_ARCHITECTURE, INF_CPU_CORES, INF_CPU_THREADS, INF_MEM_GIB, INF_STORAGE_GIB,
     NODE_DEBUG_SUBNET, NODE_ID_NAME, RUNTIME_CAPABILITIES, RUNTIME_NAME, SCHEME_PAYU,
@@ -32,6 +34,7 @@ the network in its sandbox: a demand that does not ask runs offline even on thos
 """
 
 MULTI_ACTIVITY = "golem.srv.caps.multi-activity"
+PAYMENT_PROTOCOL_VERSION = "golem.com.payment.protocol.version"
 USAGE_COUNTERS = (USAGE_DURATION_SEC, USAGE_CPU_SEC)
 """What the execution unit measures, so what an offer can price."""
 
@@ -99,7 +102,7 @@ def default_provider_configs(count: int) -> list[ProviderConfig]:
 
 def offer_properties(
     config: ProviderConfig, *, node_id: str, subnet: str, platform_name: str,
-    debit_note_interval: float,
+    debit_note_interval: float, transfer_protocols: tuple[str, ...] = ("file", "http", "https"),
 ) -> dict[str, object]:
     """The flat properties of ``config``'s offer."""
     return {
@@ -116,6 +119,8 @@ def offer_properties(
         COM_SCHEME: SCHEME_PAYU,
         COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC: debit_note_interval,
         payment_platform_address(platform_name): node_id,
-        ACTIVITY_CAPS_TRANSFER_PROTOCOL: ["file", "http", "https"],
+        # yagna's demand decorations require payment protocol version > 1.
+        PAYMENT_PROTOCOL_VERSION: 3,
+        ACTIVITY_CAPS_TRANSFER_PROTOCOL: list(transfer_protocols),
         MULTI_ACTIVITY: True,
     }

@@ -1,0 +1,131 @@
+"""``workgen devnet up|status|down``: a local Golem network of real yagna daemons, offline.
+
+``up`` starts the daemons and returns while they keep running; ``status`` and ``down`` find them
+again through the devnet's directory (``--dir``; default ``$WORKGEN_DEVNET_DIR`` or
+``~/.local/state/workgen/devnet``). Exit codes: 0 success; 1 the operation failed (a devnet
+already runs there, there is none, a daemon did not start, ``status`` found something down);
+2 the environment or the arguments are wrong (no yagna binary, bad option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..devnet import Devnet, DevnetError, NodeState, YagnaNotFound, default_directory
+from ..devnet.daemon import READY_TIMEOUT_S
+from ..devnet.network import DEFAULT_PROVIDERS
+
+
+def add_parser(commands: Any) -> None:
+    devnet = commands.add_parser(
+        "devnet", help="run a local Golem network of real yagna daemons",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = devnet.add_subparsers(dest="devnet_command", required=True, metavar="COMMAND")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--dir", type=Path, default=None, metavar="PATH",
+                       help=f"the devnet's directory (default: {default_directory()})")
+    up = sub.add_parser("up", parents=[where], help="start a requestor node and N provider nodes")
+    up.add_argument("--providers", type=_count, default=DEFAULT_PROVIDERS, metavar="N",
+                    help=f"number of provider nodes (default: {DEFAULT_PROVIDERS})")
+    up.add_argument("--yagna", type=Path, default=None, metavar="PATH",
+                    help="the yagna binary (default: next to this Python, else on PATH)")
+    up.add_argument("--timeout", type=float, default=READY_TIMEOUT_S, metavar="SECONDS",
+                    help=f"time for all daemons to answer (default: {READY_TIMEOUT_S:.0f})")
+    up.add_argument("--no-agents", action="store_true",
+                    help="start the daemons only, without the Python providers")
+    up.set_defaults(handler=_up)
+    status = sub.add_parser("status", parents=[where], help="show the devnet's processes")
+    status.set_defaults(handler=_status)
+    down = sub.add_parser("down", parents=[where], help="stop the devnet and remove its data")
+    down.set_defaults(handler=_down)
+
+
+def _up(args: argparse.Namespace) -> int:
+    devnet = Devnet(args.dir)
+    try:
+        state = devnet.up(args.providers, yagna=args.yagna, ready_timeout=args.timeout)
+    except YagnaNotFound as exc:
+        return _fail(exc, 2)
+    except DevnetError as exc:
+        return _fail(exc, 1)
+    if not args.no_agents:
+        try:
+            devnet.start_providers()
+        except BaseException as exc:
+            devnet.down()
+            if isinstance(exc, Exception):
+                return _fail(exc, 1)
+            raise
+    print(devnet.env_path.read_text().rstrip())
+    print(f"# written to {devnet.env_path}; state in {devnet.state_path}")
+    for node in state.nodes:
+        print(_node_line(node))
+    for node in state.nodes:
+        if node.payment_init is not None and not node.payment_init.ok:
+            print(f"warning: {node.name}: {node.payment_init.detail}", file=sys.stderr)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    devnet = Devnet(args.dir)
+    try:
+        status = devnet.status()
+    except DevnetError as exc:
+        return _fail(exc, 1)
+    state = status.state
+    print(f"devnet in {devnet.directory} ({state.phase}, since {state.created}, "
+          f"subnet {state.subnet})")
+    for node_status in status.nodes:
+        node = node_status.node
+        if node_status.me is not None:
+            health = f"running, /me {node_status.me.get('identity')}"
+        elif node_status.running:
+            health = f"running, not answering: {node_status.error}"
+        else:
+            health = "NOT RUNNING"
+        print(f"{_node_line(node)}  [{health}]")
+        if node.payment_init is not None and not node.payment_init.ok:
+            print(f"  warning: {node.payment_init.detail}")
+    for agent_status in status.agents:
+        agent = agent_status.agent
+        health = "running" if agent_status.running else "NOT RUNNING"
+        print(f"agent {agent.name:<11} for {agent.node}  pid {agent.pid}  [{health}]  "
+              f"{' '.join(agent.argv)}")
+    return 0 if status.healthy else 1
+
+
+def _down(args: argparse.Namespace) -> int:
+    devnet = Devnet(args.dir)
+    try:
+        stopped = devnet.down()
+    except DevnetError as exc:
+        return _fail(exc, 1)
+    for entry in stopped:
+        print(f"{entry.what}: pid {entry.pid} {entry.outcome}")
+    print(f"devnet in {devnet.directory} is down; its data is removed")
+    return 0
+
+
+def _node_line(node: NodeState) -> str:
+    role = "requestor (hub)" if node.role == "requestor" else "provider"
+    return (f"{node.name:<11} {role:<15} {node.node_id}  pid {node.pid}  api {node.api_url}  "
+            f"gsb {node.gsb_url}  log {node.log_path}")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _fail(exc: Exception, code: int) -> int:
+    print(f"workgen devnet: {exc}", file=sys.stderr)
+    return code

@@ -1,0 +1,70 @@
+"""``workgen provider run``: a Python provider (agent + execution unit) on a yagna node.
+
+The node is named by the usual variables (``YAGNA_API_URL``, ``YAGNA_APPKEY``, ``GSB_URL``) or
+the options; the provider's resources and prices by the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from typing import Any
+
+from ..protocol.pricing import LinearPricing
+from ..protocol.properties import USAGE_CPU_SEC, USAGE_DURATION_SEC
+
+
+def add_parser(commands: Any) -> None:
+    provider = commands.add_parser("provider", help="run a provider on a yagna node")
+    sub = provider.add_subparsers(dest="provider_command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run a provider agent until interrupted")
+    run.add_argument("--api-url", default=os.environ.get("YAGNA_API_URL"))
+    run.add_argument("--appkey", default=os.environ.get("YAGNA_APPKEY"))
+    run.add_argument("--gsb-url", default=os.environ.get("GSB_URL"))
+    run.add_argument("--name", default="workgen-provider")
+    run.add_argument("--subnet", default=os.environ.get("YAGNA_SUBNET", "public"))
+    run.add_argument("--threads", type=int, default=1)
+    run.add_argument("--mem-gib", type=float, default=1.0)
+    run.add_argument("--storage-gib", type=float, default=4.0)
+    run.add_argument("--price-duration", type=float, default=0.0001,
+                     help="price of a second of wall time")
+    run.add_argument("--price-cpu", type=float, default=0.0002,
+                     help="price of a second of CPU time")
+    run.add_argument("--price-start", type=float, default=0.0, help="fixed price per activity")
+    run.add_argument("--debit-note-interval", type=float, default=60.0)
+    run.add_argument("--inet", action="store_true", help="allow activities that ask for network")
+    run.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..provider.offer import ProviderConfig
+    from ..provider.yagna import YagnaApiError, run_provider
+
+    missing = [name for name, value in (("--api-url/YAGNA_API_URL", args.api_url),
+                                        ("--appkey/YAGNA_APPKEY", args.appkey),
+                                        ("--gsb-url/GSB_URL", args.gsb_url)) if not value]
+    if missing:
+        print(f"workgen provider: missing {', '.join(missing)}")
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        config = ProviderConfig(
+            name=args.name, cpu_threads=args.threads, mem_gib=args.mem_gib,
+            storage_gib=args.storage_gib, inet=args.inet,
+            pricing=LinearPricing((args.price_duration, args.price_cpu, args.price_start),
+                                  (USAGE_DURATION_SEC, USAGE_CPU_SEC)))
+    except ValueError as exc:
+        print(f"workgen provider: {exc}")
+        return 2
+    try:
+        asyncio.run(run_provider(config, api_url=args.api_url, appkey=args.appkey,
+                                 gsb_url=args.gsb_url, subnet=args.subnet,
+                                 debit_note_interval=args.debit_note_interval))
+    except YagnaApiError as exc:
+        print(f"workgen provider: the yagna node failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

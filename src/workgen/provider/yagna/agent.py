@@ -1,0 +1,376 @@
+"""The provider agent on a real yagna node: offers, agreements, activities, debit notes, invoices.
+
+It speaks the provider side of the daemon's REST API (market, activity events, payment) and
+serves each activity's execution unit on the node's GSB (see :mod:`.service`), reporting the
+activity's state on every change and its usage every second, as the daemon requires (it marks an
+activity unresponsive after 5 s without usage). As the local network's providers do, it gives its
+whole capacity to one agreement at a time, rejecting other proposals while busy.
+
+All waiting is the daemon's long polls; the agent owns one task group for its loops and one task
+per activity, so nothing outlives :meth:`ProviderAgent.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ..._aio import task_scope
+from ...gftp import GftpScheme
+from ...gsb import GsbClient, GsbError
+from ...protocol.constraints import ConstraintSyntaxError, match, parse_constraints
+from ...protocol.pricing import LinearPricing
+from ...protocol.properties import (
+    COM_PAYMENT_CHOSEN_PLATFORM, COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC, NODE_DEBUG_SUBNET, SRV_COMP_EXPIRATION,
+    SRV_COMP_TASK_PACKAGE, flatten_properties,
+)
+from ..exeunit.unit import ActivityState, ExeUnit, ExeUnitConfig
+from ..offer import ProviderConfig, asks_for_inet, offer_properties
+from ..runtime.sandbox import Resources
+from .rest import RestClient, YagnaApiError
+from .service import ExeUnitService, activity_state, service_address, usage_report
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "erc20-holesky-tglm"
+POLL = 5.0
+USAGE_EVERY = 1.0
+ERROR_BACKOFF = 1.0
+MIN_DEBIT_NOTE_INTERVAL = 1.0
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
+
+
+def _iso(moment: datetime | None = None) -> str:
+    moment = moment or datetime.now(timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _Activity:
+    id: str
+    unit: ExeUnit
+    close: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    final_usage: dict[str, float] | None = None
+
+
+@dataclass
+class _Agreement:
+    id: str
+    pricing: LinearPricing
+    debit_note_interval: float
+    inet: bool
+    activities: dict[str, _Activity] = field(default_factory=dict)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ProviderAgent:
+    def __init__(self, config: ProviderConfig, rest: RestClient, bus: GsbClient, node_id: str,
+                 *, subnet: str = "public", platform: str = PLATFORM,
+                 debit_note_interval: float = 60.0, work_root: Path | None = None):
+        self.config = config
+        self.node_id = node_id
+        self._rest = rest
+        self._bus = bus
+        self._subnet = subnet
+        self._platform = platform
+        self._interval = debit_note_interval
+        self._work_root = work_root
+        self._tg: asyncio.TaskGroup | None = None
+        self._agreement: _Agreement | None = None
+        self._offer_id: str | None = None
+        self.ready = asyncio.Event()
+        """Set once the offer is published."""
+
+    # -- the whole agent --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with task_scope() as tg:
+            self._tg = tg
+            try:
+                await self._publish_offer()
+                tg.create_task(self._market_loop())
+                tg.create_task(self._agreement_events())
+                tg.create_task(self._activity_events())
+                self.ready.set()
+                await asyncio.Future()  # until cancelled
+            finally:
+                await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        agreement = self._agreement
+        if agreement is not None:
+            with contextlib.suppress(Exception):
+                await self._end_agreement(agreement, "provider shut down", terminate=True)
+        if self._offer_id is not None:
+            with contextlib.suppress(Exception):
+                await self._rest.delete(f"/market-api/v1/offers/{self._offer_id}")
+
+    def _offer(self, debit_note_interval: float | None = None) -> dict[str, Any]:
+        properties = offer_properties(
+            self.config, node_id=self.node_id, subnet=self._subnet,
+            platform_name=self._platform,
+            debit_note_interval=debit_note_interval or self._interval,
+            transfer_protocols=("gftp", "http", "https"))
+        constraints = (f"(&({SRV_COMP_EXPIRATION}>{int(time.time() * 1000)})"
+                       f"({NODE_DEBUG_SUBNET}={self._subnet}))")
+        return {"properties": properties, "constraints": constraints}
+
+    async def _publish_offer(self) -> None:
+        self._offer_id = await self._rest.post("/market-api/v1/offers", json=self._offer())
+        log.info("%s: offer %s published", self.config.name, self._offer_id)
+
+    # -- market -----------------------------------------------------------------------------
+
+    async def _market_loop(self) -> None:
+        path = f"/market-api/v1/offers/{self._offer_id}/events"
+        while True:
+            events = await self._poll(path, {"maxEvents": 20})
+            for event in events:
+                kind = event.get("eventType")
+                if kind == "ProposalEvent":
+                    await self._on_proposal(event["proposal"])
+                elif kind == "AgreementEvent":
+                    self._spawn(self._on_agreement(event["agreement"]))
+
+    async def _on_proposal(self, proposal: dict[str, Any]) -> None:
+        proposal_id = proposal["proposalId"]
+        reason, interval = self._negotiate(proposal)
+        path = f"/market-api/v1/offers/{self._offer_id}/proposals/{proposal_id}"
+        try:
+            if reason is None:
+                await self._rest.post(path, json=self._offer(interval))
+            else:
+                await self._rest.post(f"{path}/reject", json={"message": reason})
+        except YagnaApiError as exc:
+            log.info("%s: answering proposal %s failed: %s", self.config.name, proposal_id, exc)
+
+    def _negotiate(self, proposal: dict[str, Any]) -> tuple[str | None, float]:
+        """Why the demand is refused (or None), and the debit-note interval agreed."""
+        if self._agreement is not None:
+            return "busy with another agreement", self._interval
+        demand = flatten_properties(proposal.get("properties") or {})
+        try:
+            constraints = parse_constraints(proposal.get("constraints") or "(&)")
+        except ConstraintSyntaxError as exc:
+            return f"bad constraints: {exc}", self._interval
+        offer = self._offer()
+        if not match(demand, constraints, offer["properties"], offer["constraints"]):
+            return "the demand and this offer do not match", self._interval
+        chosen = demand.get(COM_PAYMENT_CHOSEN_PLATFORM)
+        if chosen != self._platform:
+            # The daemon refuses debit notes and invoices without an agreed platform.
+            return (f"payment platform {chosen!r} is not taken here (this provider takes "
+                    f"{self._platform!r})"), self._interval
+        if SRV_COMP_TASK_PACKAGE in demand:
+            log.warning("%s: demand names an image (%s); running it on the host image",
+                        self.config.name, demand[SRV_COMP_TASK_PACKAGE])
+        interval = demand.get(COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC, self._interval)
+        if not isinstance(interval, (int, float)) or interval < MIN_DEBIT_NOTE_INTERVAL:
+            return f"debit-note interval must be at least {MIN_DEBIT_NOTE_INTERVAL}s", self._interval
+        return None, float(interval)
+
+    async def _on_agreement(self, doc: dict[str, Any]) -> None:
+        agreement_id = doc["agreementId"]
+        if self._agreement is not None:
+            with contextlib.suppress(YagnaApiError):
+                await self._rest.post(f"/market-api/v1/agreements/{agreement_id}/reject",
+                                      json={"message": "busy with another agreement"})
+            return
+        offer = flatten_properties(doc.get("offer", {}).get("properties") or {})
+        demand = doc.get("demand", {})
+        interval = offer.get(COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC, self._interval)
+        try:
+            inet = asks_for_inet(flatten_properties(demand.get("properties") or {}),
+                                 parse_constraints(demand.get("constraints") or "(&)"))
+        except ConstraintSyntaxError:
+            inet = False
+        agreement = _Agreement(agreement_id, LinearPricing.from_properties(offer),
+                               float(interval) if isinstance(interval, (int, float))
+                               else self._interval, inet and self.config.inet)
+        self._agreement = agreement
+        try:
+            await self._rest.post(f"/market-api/v1/agreements/{agreement_id}/approve",
+                                  poll=30, params={})
+        except YagnaApiError as exc:
+            log.warning("%s: approving agreement %s failed: %s", self.config.name,
+                        agreement_id, exc)
+            self._agreement = None
+            return
+        log.info("%s: agreement %s approved", self.config.name, agreement_id)
+        self._spawn(self._debit_notes(agreement))
+
+    async def _agreement_events(self) -> None:
+        after = _iso()
+        while True:
+            events = await self._poll("/market-api/v1/agreementEvents",
+                                      {"afterTimestamp": after})
+            for event in events:
+                after = event.get("eventDate", after)
+                agreement = self._agreement
+                if (event.get("eventType") == "AgreementTerminatedEvent" and agreement
+                        and event.get("agreementId") == agreement.id):
+                    reason = (event.get("reason") or {}).get("message", "terminated")
+                    self._spawn(self._end_agreement(agreement, f"terminated: {reason}"))
+
+    async def _end_agreement(self, agreement: _Agreement, reason: str, *,
+                             terminate: bool = False) -> None:
+        if agreement.ended.is_set():
+            return
+        agreement.ended.set()
+        for activity in list(agreement.activities.values()):
+            activity.close.set()
+            await activity.closed.wait()
+        if terminate:
+            with contextlib.suppress(YagnaApiError):
+                await self._rest.post(f"/market-api/v1/agreements/{agreement.id}/terminate",
+                                      json={"message": reason})
+        await self._invoice(agreement)
+        if self._agreement is agreement:
+            self._agreement = None
+        log.info("%s: agreement %s ended (%s)", self.config.name, agreement.id, reason)
+
+    # -- payment ----------------------------------------------------------------------------
+
+    async def _debit_notes(self, agreement: _Agreement) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(agreement.debit_note_interval):
+                    await agreement.ended.wait()
+                    return
+            for activity in list(agreement.activities.values()):
+                if activity.closed.is_set():
+                    continue
+                usage = await activity.unit.usage()
+                vector = [float(usage.get(c, 0.0)) for c in agreement.pricing.usage_vector]
+                await self._send("debitNotes", {
+                    "agreementId": agreement.id, "activityId": activity.id,
+                    "totalAmountDue": str(_price(agreement.pricing, usage)),
+                    "usageCounterVector": vector,
+                    "paymentDueDate": _iso(datetime.now(timezone.utc) + timedelta(minutes=5)),
+                })
+
+    async def _invoice(self, agreement: _Agreement) -> None:
+        total = Decimal(0)
+        for activity in agreement.activities.values():
+            total += _price(agreement.pricing, activity.final_usage or {})
+        await self._send("invoices", {
+            "agreementId": agreement.id, "activityIds": list(agreement.activities),
+            "amount": str(total),
+            "paymentDueDate": _iso(datetime.now(timezone.utc) + timedelta(minutes=5)),
+        })
+
+    async def _send(self, kind: str, document: dict[str, Any]) -> None:
+        try:
+            created = await self._rest.post(f"/payment-api/v1/{kind}", json=document)
+            key = "debitNoteId" if kind == "debitNotes" else "invoiceId"
+            await self._rest.post(f"/payment-api/v1/{kind}/{created[key]}/send")
+        except YagnaApiError as exc:
+            log.warning("%s: sending %s failed: %s", self.config.name, kind, exc)
+
+    # -- activities -------------------------------------------------------------------------
+
+    async def _activity_events(self) -> None:
+        after = _iso()
+        while True:
+            events = await self._poll("/activity-api/v1/events", {"afterTimestamp": after})
+            for event in events:
+                after = event.get("eventDate", after)
+                kind = event.get("eventType")
+                name = kind if isinstance(kind, str) else next(iter(kind or {}), "")
+                activity_id = event.get("activityId", "")
+                if name == "CreateActivity":
+                    self._create_activity(activity_id, event.get("agreementId", ""))
+                elif name == "DestroyActivity":
+                    agreement = self._agreement
+                    if agreement and activity_id in agreement.activities:
+                        agreement.activities[activity_id].close.set()
+
+    def _create_activity(self, activity_id: str, agreement_id: str) -> None:
+        agreement = self._agreement
+        if agreement is None or agreement.id != agreement_id or agreement.ended.is_set():
+            log.warning("%s: activity %s for unknown agreement %s", self.config.name,
+                        activity_id, agreement_id)
+            return
+        name = self.config.name
+        config = ExeUnitConfig(
+            resources=Resources(mem_gib=self.config.mem_gib, storage_gib=self.config.storage_gib,
+                                max_processes=self.config.max_processes,
+                                cpu_threads=self.config.cpu_threads),
+            inet=agreement.inet, work_root=self._work_root,
+            hostname=name if _HOSTNAME.fullmatch(name) else "golem-provider",
+            remote_schemes={"gftp": GftpScheme(self._bus)})
+        activity = _Activity(activity_id, ExeUnit(activity_id, config))
+        agreement.activities[activity_id] = activity
+        self._spawn(self._hold(activity, agreement))
+
+    async def _hold(self, activity: _Activity, agreement: _Agreement) -> None:
+        """The activity's life: serve it on the GSB, report state and usage, until closed."""
+        unit = activity.unit
+        states: asyncio.Queue[ActivityState] = asyncio.Queue()
+        unit.on_state = states.put_nowait
+        address = service_address(activity.id)
+        service = ExeUnitService(unit, agreement.pricing.usage_vector)
+        try:
+            async with unit, task_scope() as tg:
+                await self._bus.register(address, service.handle)
+                reporter = tg.create_task(self._report(unit, states, agreement))
+                await activity.close.wait()
+                reporter.cancel()
+        except GsbError as exc:
+            log.error("%s: activity %s: %s", self.config.name, activity.id, exc)
+        finally:
+            activity.final_usage = await unit.usage()
+            with contextlib.suppress(GsbError):
+                await self._bus.unregister(address)
+            with contextlib.suppress(GsbError):
+                await self._set_state(activity.id, activity_state(unit))
+            activity.closed.set()
+
+    async def _report(self, unit: ExeUnit, states: asyncio.Queue[ActivityState],
+                      agreement: _Agreement) -> None:
+        """State changes as they happen; usage at least every second (the daemon's rule)."""
+        while True:
+            try:
+                async with asyncio.timeout(USAGE_EVERY):
+                    await states.get()
+                await self._set_state(unit.activity_id, activity_state(unit))
+            except TimeoutError:
+                pass
+            usage = await usage_report(unit, agreement.pricing.usage_vector)
+            await self._bus.call("/local/activity/SetActivityUsage", {
+                "activityId": unit.activity_id, "usage": usage, "timeout": None})
+
+    async def _set_state(self, activity_id: str, state: dict[str, Any]) -> None:
+        await self._bus.call("/local/activity/SetActivityState", {
+            "activityId": activity_id, "state": state, "timeout": None, "credentials": None})
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _poll(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            events = await self._rest.get(path, params=params, poll=POLL)
+        except YagnaApiError as exc:
+            if exc.status == 0:
+                raise  # the daemon is gone: the agent cannot go on
+            log.warning("%s: polling %s: %s", self.config.name, path, exc)
+            # An error answer comes at once; don't turn the poll into a busy loop.
+            await asyncio.sleep(ERROR_BACKOFF)
+            events = None
+        return events if isinstance(events, list) else []
+
+    def _spawn(self, coro: Any) -> None:
+        assert self._tg is not None
+        self._tg.create_task(coro)
+
+
+def _price(pricing: LinearPricing, usage: dict[str, float]) -> Decimal:
+    return pricing.price_for({c: v for c, v in usage.items() if c in pricing.usage_vector})

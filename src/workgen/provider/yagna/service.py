@@ -1,0 +1,123 @@
+"""The execution unit as a GSB service: ``/public/exeunit/<activityId>`` on the provider's node.
+
+The requestor's daemon turns the activity REST API into calls to this service (through the
+network: ``/net/<provider>/exeunit/<activityId>/<Message>``). Message names and payloads are
+yagna's (ya-core-model's activity messages); errors answer ``{"Err": {<kind>: detail}}`` with
+its ``RpcMessageError`` kinds, so the daemon maps them to the right HTTP status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ...gsb import GsbHandlerError
+from ...protocol.exescript import BatchFormatError, parse_batch
+from ..exeunit.unit import ExeUnit, ExeUnitError, UnknownBatch
+
+PREFIX = "/public/exeunit"
+
+
+def service_address(activity_id: str) -> str:
+    return f"{PREFIX}/{activity_id}"
+
+
+def _error(kind: str, detail: object) -> GsbHandlerError:
+    return GsbHandlerError({kind: detail})
+
+
+class ExeUnitService:
+    """Answers the exe unit's GSB messages for one activity."""
+
+    def __init__(self, unit: ExeUnit, usage_vector: tuple[str, ...]):
+        self.unit = unit
+        self.usage_vector = usage_vector
+
+    def handle(self, address: str, caller: str, payload: Any) -> Any:
+        """The GSB handler (see :data:`workgen.gsb.client.Handler`)."""
+        method = address.rsplit("/", 1)[-1]
+        if method == "StreamExecBatchResults":
+            return self._stream(payload)
+        handler = {
+            "Exec": self._exec,
+            "GetExecBatchResults": self._results,
+            "GetRunningCommand": self._running,
+            "GetActivityState": self._state,
+            "GetActivityUsage": self._usage,
+        }.get(method)
+        if handler is None:
+            return _unsupported(method)
+        return handler(payload)
+
+    def _check_activity(self, payload: Any) -> dict[str, Any]:
+        if not isinstance(payload, dict):
+            raise _error("BadRequest", f"expected a message object, got {payload!r}")
+        activity_id = payload.get("activityId", payload.get("activity_id"))
+        if activity_id not in (None, self.unit.activity_id):
+            raise _error("NotFound", f"activity {activity_id} is not served here")
+        return payload
+
+    async def _exec(self, payload: Any) -> str:
+        msg = self._check_activity(payload)
+        try:
+            commands = parse_batch(msg.get("exeScript") or [])
+            return self.unit.exec(commands, batch_id=msg.get("batchId") or None,
+                                  timeout=msg.get("timeout"))
+        except BatchFormatError as exc:
+            raise _error("BadRequest", str(exc)) from exc
+        except ExeUnitError as exc:
+            raise _error("Activity", str(exc)) from exc
+
+    async def _results(self, payload: Any) -> list[dict[str, Any]]:
+        msg = self._check_activity(payload)
+        index = msg.get("commandIndex")
+        timeout = msg.get("timeout")
+        try:
+            results = await self.unit.results(msg["batchId"],
+                                              None if index is None else int(index),
+                                              None if timeout is None else float(timeout))
+        except UnknownBatch as exc:
+            raise _error("NotFound", str(exc)) from exc
+        except TimeoutError:
+            raise _error("Timeout", timeout) from None
+        return [r.to_json() for r in results]
+
+    async def _stream(self, payload: Any) -> AsyncIterator[dict[str, Any]]:
+        msg = self._check_activity(payload)
+        # Unlike the other messages, this one is serialised with snake_case names.
+        try:
+            subscription = self.unit.stream(msg.get("batch_id") or msg.get("batchId") or "")
+        except UnknownBatch as exc:
+            raise _error("NotFound", str(exc)) from exc
+        async with subscription as events:
+            async for event in events:
+                yield event.to_json()
+
+    async def _running(self, payload: Any) -> list[dict[str, Any]]:
+        self._check_activity(payload)
+        return self.unit.running_commands()
+
+    async def _state(self, payload: Any) -> dict[str, Any]:
+        self._check_activity(payload)
+        return activity_state(self.unit)
+
+    async def _usage(self, payload: Any) -> dict[str, Any]:
+        self._check_activity(payload)
+        return await usage_report(self.unit, self.usage_vector)
+
+
+async def _unsupported(method: str) -> Any:
+    raise _error("BadRequest", f"the execution unit does not support {method!r}")
+
+
+def activity_state(unit: ExeUnit) -> dict[str, Any]:
+    """``ActivityState`` as yagna serialises it: a (current, pending) pair plus a reason."""
+    return {"state": [unit.state.value, None], "reason": unit.state_reason, "errorMessage": None}
+
+
+async def usage_report(unit: ExeUnit, usage_vector: tuple[str, ...]) -> dict[str, Any]:
+    """``ActivityUsage``: the counters in the agreement's usage-vector order."""
+    usage = await unit.usage()
+    return {"currentUsage": [float(usage.get(name, 0.0)) for name in usage_vector],
+            "timestamp": int(time.time())}
