@@ -57,7 +57,11 @@ def _backend_from_env() -> Backend:
         from ..backends.local import LocalNetwork
 
         return LocalNetwork()
-    raise ValueError(f"WORKGEN_BACKEND={name!r} is not a known backend (known: local)")
+    if name == "yagna":
+        from ..backends.yagna import Yagna
+
+        return Yagna()
+    raise ValueError(f"WORKGEN_BACKEND={name!r} is not a known backend (known: local, yagna)")
 
 
 class Golem:

@@ -87,6 +87,7 @@ class ProviderAgent:
         self._tg: asyncio.TaskGroup | None = None
         self._agreement: _Agreement | None = None
         self._offer_id: str | None = None
+        self._offer_ready = asyncio.Event()
         self.ready = asyncio.Event()
         """Set once the offer is published."""
 
@@ -110,9 +111,8 @@ class ProviderAgent:
         if agreement is not None:
             with contextlib.suppress(Exception):
                 await self._end_agreement(agreement, "provider shut down", terminate=True)
-        if self._offer_id is not None:
-            with contextlib.suppress(Exception):
-                await self._rest.delete(f"/market-api/v1/offers/{self._offer_id}")
+        with contextlib.suppress(Exception):
+            await self._withdraw_offer()
 
     def _offer(self, debit_note_interval: float | None = None) -> dict[str, Any]:
         properties = offer_properties(
@@ -126,14 +126,34 @@ class ProviderAgent:
 
     async def _publish_offer(self) -> None:
         self._offer_id = await self._rest.post("/market-api/v1/offers", json=self._offer())
+        self._offer_ready.set()
         log.info("%s: offer %s published", self.config.name, self._offer_id)
+
+    async def _withdraw_offer(self) -> None:
+        # While busy the provider has nothing to offer; a fresh offer when it is free again
+        # reaches every demand anew (the market sends each offer to a demand only once).
+        self._offer_ready.clear()
+        offer_id, self._offer_id = self._offer_id, None
+        if offer_id is not None:
+            with contextlib.suppress(YagnaApiError):
+                await self._rest.delete(f"/market-api/v1/offers/{offer_id}")
 
     # -- market -----------------------------------------------------------------------------
 
     async def _market_loop(self) -> None:
-        path = f"/market-api/v1/offers/{self._offer_id}/events"
         while True:
-            events = await self._poll(path, {"maxEvents": 20})
+            await self._offer_ready.wait()
+            offer_id = self._offer_id
+            try:
+                events = await self._rest.get(f"/market-api/v1/offers/{offer_id}/events",
+                                              params={"maxEvents": 20}, poll=POLL) or []
+            except YagnaApiError as exc:
+                if exc.status == 0:
+                    raise
+                if offer_id == self._offer_id:
+                    log.warning("%s: polling offer events: %s", self.config.name, exc)
+                    await asyncio.sleep(ERROR_BACKOFF)
+                continue  # else the offer was withdrawn meanwhile
             for event in events:
                 kind = event.get("eventType")
                 if kind == "ProposalEvent":
@@ -144,6 +164,8 @@ class ProviderAgent:
     async def _on_proposal(self, proposal: dict[str, Any]) -> None:
         proposal_id = proposal["proposalId"]
         reason, interval = self._negotiate(proposal)
+        if self._offer_id is None:
+            return  # busy: the offer was withdrawn
         path = f"/market-api/v1/offers/{self._offer_id}/proposals/{proposal_id}"
         try:
             if reason is None:
@@ -206,6 +228,7 @@ class ProviderAgent:
             self._agreement = None
             return
         log.info("%s: agreement %s approved", self.config.name, agreement_id)
+        await self._withdraw_offer()
         self._spawn(self._debit_notes(agreement))
 
     async def _agreement_events(self) -> None:
@@ -237,6 +260,9 @@ class ProviderAgent:
         if self._agreement is agreement:
             self._agreement = None
         log.info("%s: agreement %s ended (%s)", self.config.name, agreement.id, reason)
+        if not terminate:  # (terminate: we are shutting down)
+            with contextlib.suppress(YagnaApiError):
+                await self._publish_offer()
 
     # -- payment ----------------------------------------------------------------------------
 

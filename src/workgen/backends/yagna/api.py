@@ -1,0 +1,94 @@
+"""HTTP access to a yagna daemon for the yagna backend, with errors mapped to workgen's.
+
+Every failure of the daemon's REST API becomes a :mod:`workgen.errors` error here, at the edge:
+a daemon that cannot be reached is :class:`~workgen.errors.BackendUnavailable`, an error answer
+:class:`~workgen.errors.BackendError` (with the status). Requests that are safe to repeat (GETs,
+and long polls) are retried a few times on 5xx answers and dropped connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+
+from ...errors import BackendError, BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+_POLL_MARGIN = 10.0
+_RETRIES = 3
+_RETRY_DELAY = 0.5
+
+
+class ApiError(BackendError):
+    def __init__(self, message: str, *, status: int, body: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class YagnaApi:
+    def __init__(self, api_url: str, appkey: str, *, timeout: float = 60.0):
+        self.api_url = api_url.rstrip("/")
+        self.http = httpx.AsyncClient(base_url=self.api_url, timeout=timeout,
+                                      headers={"Authorization": f"Bearer {appkey}"})
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      params: dict[str, Any] | None = None, poll: float | None = None,
+                      ok: tuple[int, ...] = ()) -> Any:
+        """The decoded JSON answer (``None`` when empty or a long poll's 408).
+
+        ``poll`` is a long poll's server-side wait (sent as ``timeout``); ``ok`` lists error
+        statuses the caller handles itself (returned as ``None``).
+        """
+        query = dict(params or {})
+        timeout: Any = httpx.USE_CLIENT_DEFAULT
+        if poll is not None:
+            query.setdefault("timeout", poll)
+            timeout = poll + _POLL_MARGIN
+        safe = method == "GET"
+        for attempt in range(_RETRIES if safe else 1):
+            try:
+                response = await self.http.request(method, path, json=json,
+                                                   params=query or None, timeout=timeout)
+            except httpx.TransportError as exc:
+                if safe and attempt + 1 < _RETRIES:
+                    await asyncio.sleep(_RETRY_DELAY)  # a dropped connection: try again
+                    continue
+                raise BackendUnavailable(
+                    f"yagna at {self.api_url} is unreachable ({method} {path}: {exc!r}); "
+                    "is the daemon running? (workgen devnet up starts one)") from exc
+            status = response.status_code
+            if status >= 500 and safe and attempt + 1 < _RETRIES:
+                await asyncio.sleep(_RETRY_DELAY)
+                continue
+            if status == 408 or status in ok:
+                return None
+            if status == 401:
+                raise BackendUnavailable(f"yagna at {self.api_url} refused the app key "
+                                         "(check YAGNA_APPKEY)")
+            if status >= 400:
+                raise ApiError(f"yagna: {method} {path} failed with HTTP {status}: "
+                               f"{response.text[:300]}", status=status, body=response.text)
+            if not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                return response.text
+        raise AssertionError("unreachable")
+
+    async def get(self, path: str, **kw: Any) -> Any:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, **kw: Any) -> Any:
+        return await self.request("POST", path, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> Any:
+        return await self.request("DELETE", path, **kw)

@@ -1,0 +1,393 @@
+"""The yagna backend: the requestor's backend protocol on a real Golem daemon's REST API.
+
+Configured like the other Golem SDKs: ``YAGNA_APPKEY``, ``YAGNA_API_URL``, ``YAGNA_SUBNET``,
+``YAGNA_PAYMENT_NETWORK``, ``YAGNA_PAYMENT_DRIVER`` (and ``GSB_URL`` for file transfers), with
+explicit arguments winning. All waiting is the daemon's: long polls with server-side timeouts and
+the SSE stream of a batch's runtime events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ..._aio import task_scope
+from ...errors import (
+    ActivityClosed, ActivityLost, AgreementRejected, BackendError, BackendUnavailable,
+    BudgetExhausted,
+)
+from ...gsb import GsbClient, GsbError, open_gsb
+from ...protocol.exescript import Command, Run, batch_to_json
+from ...protocol.properties import COM_PAYMENT_CHOSEN_PLATFORM, flatten_properties
+from ...protocol.results import CommandResult, Finished, RuntimeEvent
+from ..base import (
+    Activity, Agreement, Allocation, DebitNote, Demand, Invoice, MarketEvent, PaymentEvent,
+    Proposal, ProposalRejectedEvent,
+)
+from .api import ApiError, YagnaApi
+from .storage import GftpStorage
+
+log = logging.getLogger(__name__)
+
+POLL = 5.0
+
+
+def _iso(moment: datetime | None = None) -> str:
+    moment = moment or datetime.now(timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Subscription:
+    """A demand on the daemon's market; iterating it long-polls its events."""
+
+    def __init__(self, api: YagnaApi, demand: Demand, sub_id: str):
+        self._api = api
+        self.demand = demand
+        self.id = sub_id
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[MarketEvent]:
+        while not self._closed:
+            try:
+                events = await self._api.get(f"/market-api/v1/demands/{self.id}/events",
+                                             params={"maxEvents": 50}, poll=POLL)
+            except ApiError as exc:
+                if exc.status in (404, 410) and not self._closed:
+                    # The demand expired on the daemon: publish it again and go on.
+                    self.id = await self._api.post("/market-api/v1/demands",
+                                                   json=_demand_doc(self.demand))
+                    continue
+                raise
+            for event in events or []:
+                kind = event.get("eventType")
+                if kind == "ProposalEvent":
+                    yield _proposal(event["proposal"])
+                elif kind == "ProposalRejectedEvent":
+                    reason = (event.get("reason") or {}).get("message", "rejected")
+                    yield ProposalRejectedEvent(proposal_id=event.get("proposalId", ""),
+                                                issuer_id=event.get("issuerId", "") or "",
+                                                reason=reason)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(BackendError):
+                await self._api.delete(f"/market-api/v1/demands/{self.id}", ok=(404, 410))
+
+
+def _demand_doc(demand: Demand) -> dict[str, Any]:
+    return {"properties": dict(demand.properties), "constraints": demand.constraints}
+
+
+def _proposal(doc: dict[str, Any]) -> Proposal:
+    return Proposal(id=doc["proposalId"], issuer_id=doc.get("issuerId", ""),
+                    properties=flatten_properties(doc.get("properties") or {}),
+                    constraints=doc.get("constraints") or "", state=doc.get("state", "Initial"),
+                    prev_proposal_id=doc.get("prevProposalId"))
+
+
+class _Batch:
+    def __init__(self, api: YagnaApi, activity: Activity, batch_id: str, size: int):
+        self._api = api
+        self._activity = activity
+        self.id = batch_id
+        self._size = size
+
+    async def events(self) -> AsyncIterator[RuntimeEvent]:
+        path = f"/activity-api/v1/activity/{self._activity.id}/exec/{self.id}"
+        try:
+            async with self._api.http.stream("GET", path, timeout=None,
+                                             headers={"Accept": "text/event-stream"}) as response:
+                if response.status_code >= 400:
+                    raise _activity_error(self._activity, response.status_code)
+                finished = 0
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    event = RuntimeEvent.from_json(json.loads(line[5:]))
+                    yield event
+                    if isinstance(event.kind, Finished):
+                        # The stream outlives the batch: stop at its last command, or at the
+                        # first failure, which ends a batch.
+                        finished += 1
+                        if event.kind.return_code != 0 or finished >= self._size:
+                            return
+        except (OSError, ValueError) as exc:
+            raise ActivityLost(f"the event stream of batch {self.id} broke: {exc}",
+                               activity_id=self._activity.id) from exc
+        except Exception as exc:  # httpx errors: the daemon dropped the stream
+            if isinstance(exc, (ActivityLost, ActivityClosed)):
+                raise
+            raise ActivityLost(f"the event stream of batch {self.id} broke: {exc!r}",
+                               activity_id=self._activity.id) from exc
+
+    async def results(self) -> list[CommandResult]:
+        path = f"/activity-api/v1/activity/{self._activity.id}/exec/{self.id}"
+        while True:
+            try:
+                docs = await self._api.get(path, params={"commandIndex": self._size - 1,
+                                                         "pollTimeout": POLL}, poll=POLL)
+            except ApiError as exc:
+                raise _activity_error(self._activity, exc.status) from exc
+            results = [CommandResult.from_json(d) for d in docs or []]
+            if results and (results[-1].is_batch_finished or not results[-1].ok
+                            or results[-1].index >= self._size - 1):
+                return results
+
+    async def cancel(self) -> None:
+        # yagna has no batch cancellation in its REST API; the batch's timeout still applies.
+        return None
+
+
+def _activity_error(activity: Activity, status: int) -> Exception:
+    if status in (404, 410):
+        return ActivityClosed(f"activity {activity.id} is gone (HTTP {status})",
+                              activity_id=activity.id)
+    return ActivityLost(f"activity {activity.id} broke (HTTP {status} from the daemon)",
+                        activity_id=activity.id)
+
+
+def _with_env(command: Command) -> Command:
+    """yagna drops ``run``'s ``env`` (its model has none): pass it through ``/usr/bin/env``."""
+    if isinstance(command, Run) and command.env:
+        assignments = tuple(f"{k}={v}" for k, v in command.env.items())
+        return Run("/usr/bin/env", (*assignments, command.entry_point, *command.args),
+                   capture=command.capture)
+    return command
+
+
+class Yagna:
+    """A backend on a yagna daemon (see the module docstring for its settings)."""
+
+    name = "yagna"
+    startup_timeout = 30.0
+
+    def __init__(self, *, api_url: str | None = None, appkey: str | None = None,
+                 gsb_url: str | None = None, subnet: str | None = None,
+                 payment_network: str | None = None, payment_driver: str | None = None):
+        env = os.environ
+        self.api_url = api_url or env.get("YAGNA_API_URL") or "http://127.0.0.1:7465"
+        appkey = appkey or env.get("YAGNA_APPKEY")
+        if not appkey:
+            raise ValueError("the yagna backend needs an app key: set YAGNA_APPKEY (or pass "
+                             "appkey=...); 'workgen devnet up' writes one to its devnet.env")
+        self._appkey = appkey
+        self.gsb_url = gsb_url or env.get("GSB_URL") or "tcp://127.0.0.1:7464"
+        self.subnet = subnet or env.get("YAGNA_SUBNET") or "public"
+        network = payment_network or env.get("YAGNA_PAYMENT_NETWORK") or "holesky"
+        driver = payment_driver or env.get("YAGNA_PAYMENT_DRIVER") or "erc20"
+        self.platform = f"{driver}-{network}-tglm"
+        self._api: YagnaApi | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._bus: GsbClient | None = None
+        self._storage: GftpStorage | None = None
+        self.node_id = ""
+        self._started = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._api = YagnaApi(self.api_url, self._appkey)
+        self._stack.push_async_callback(self._api.aclose)
+        try:
+            me = await self._api.get("/me")
+            self.node_id = me["identity"]
+            try:
+                self._bus = await self._stack.enter_async_context(
+                    open_gsb(self.gsb_url, name="workgen-requestor"))
+            except (OSError, GsbError) as exc:
+                raise BackendUnavailable(f"cannot reach the daemon's GSB at {self.gsb_url} "
+                                         f"(set GSB_URL): {exc}") from exc
+            directory = Path(tempfile.mkdtemp(prefix="workgen-yagna-"))
+            self._stack.callback(shutil.rmtree, directory, True)
+            self._storage = GftpStorage(self._bus, self.node_id, directory)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self._started = True
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+        self._started = False
+
+    @property
+    def api(self) -> YagnaApi:
+        if self._api is None:
+            raise RuntimeError("the yagna backend is not started")
+        return self._api
+
+    @property
+    def storage(self) -> GftpStorage:
+        if self._storage is None:
+            raise RuntimeError("the yagna backend is not started")
+        return self._storage
+
+    # -- payment ----------------------------------------------------------------------------
+
+    async def create_allocation(self, amount: Decimal) -> Allocation:
+        doc = await self.api.post("/payment-api/v1/allocations", json={
+            "address": self.node_id, "paymentPlatform": self.platform,
+            "totalAmount": str(amount), "makeDeposit": False,
+            "timeout": _iso(datetime.now(timezone.utc) + timedelta(days=1))})
+        return Allocation(id=doc["allocationId"], total_amount=amount,
+                          payment_platform=self.platform, address=self.node_id)
+
+    async def release_allocation(self, allocation: Allocation) -> None:
+        await self.api.delete(f"/payment-api/v1/allocations/{allocation.id}", ok=(404, 410))
+
+    async def demand_decoration(self, allocation: Allocation) -> Demand:
+        doc = await self.api.get("/payment-api/v1/demandDecorations",
+                                 params={"allocationIds": allocation.id})
+        properties: dict[str, object] = {p["key"]: p["value"] for p in doc.get("properties", [])}
+        properties[COM_PAYMENT_CHOSEN_PLATFORM] = allocation.payment_platform
+        constraints = doc.get("constraints", [])
+        return Demand(properties=properties,
+                      constraints="(&" + "".join(constraints) + ")" if constraints else "")
+
+    async def payment_events(self) -> AsyncIterator[PaymentEvent]:
+        after = _iso()
+        while True:
+            async with task_scope() as tg:
+                notes = tg.create_task(self.api.get("/payment-api/v1/debitNoteEvents",
+                                                    params={"afterTimestamp": after}, poll=POLL))
+                invoices = tg.create_task(self.api.get("/payment-api/v1/invoiceEvents",
+                                                       params={"afterTimestamp": after},
+                                                       poll=POLL))
+            events = sorted((notes.result() or []) + (invoices.result() or []),
+                            key=lambda e: e.get("eventDate", ""))
+            for event in events:
+                after = max(after, event.get("eventDate", after))
+                if event.get("eventType") == "DebitNoteReceivedEvent":
+                    doc = await self.api.get(f"/payment-api/v1/debitNotes/{event['debitNoteId']}")
+                    yield DebitNote(
+                        id=doc["debitNoteId"], agreement_id=doc["agreementId"],
+                        activity_id=doc.get("activityId"),
+                        total_amount_due=Decimal(doc["totalAmountDue"]),
+                        usage_counter_vector=tuple(doc["usageCounterVector"])
+                        if doc.get("usageCounterVector") is not None else None,
+                        issuer_id=doc.get("issuerId", ""))
+                elif event.get("eventType") == "InvoiceReceivedEvent":
+                    doc = await self.api.get(f"/payment-api/v1/invoices/{event['invoiceId']}")
+                    yield Invoice(id=doc["invoiceId"], agreement_id=doc["agreementId"],
+                                  activity_ids=tuple(doc.get("activityIds") or ()),
+                                  amount=Decimal(doc["amount"]), issuer_id=doc.get("issuerId", ""))
+
+    async def accept_debit_note(self, note: DebitNote, allocation: Allocation) -> None:
+        await self.api.post(f"/payment-api/v1/debitNotes/{note.id}/accept", json={
+            "totalAmountAccepted": str(note.total_amount_due), "allocationId": allocation.id})
+
+    async def reject_debit_note(self, note: DebitNote, reason: str) -> None:
+        await self.api.post(f"/payment-api/v1/debitNotes/{note.id}/reject", json={
+            "rejectionReason": "UnsolicitedService", "totalAmountAccepted": "0",
+            "message": reason}, ok=(400, 404, 501))
+
+    async def accept_invoice(self, invoice: Invoice, allocation: Allocation) -> None:
+        try:
+            await self.api.post(f"/payment-api/v1/invoices/{invoice.id}/accept", json={
+                "totalAmountAccepted": str(invoice.amount), "allocationId": allocation.id})
+        except ApiError as exc:
+            if "allocation" in exc.body.lower() or "insufficient" in exc.body.lower():
+                raise BudgetExhausted(f"the allocation cannot pay invoice {invoice.id}: "
+                                      f"{exc.body[:200]}") from exc
+            raise
+
+    async def reject_invoice(self, invoice: Invoice, reason: str) -> None:
+        await self.api.post(f"/payment-api/v1/invoices/{invoice.id}/reject", json={
+            "rejectionReason": "UnsolicitedService", "totalAmountAccepted": "0",
+            "message": reason}, ok=(400, 404, 501))
+
+    # -- market -----------------------------------------------------------------------------
+
+    async def subscribe_demand(self, demand: Demand) -> _Subscription:
+        sub_id = await self.api.post("/market-api/v1/demands", json=_demand_doc(demand))
+        return _Subscription(self.api, demand, sub_id)
+
+    async def counter_proposal(self, subscription: Any, proposal: Proposal,
+                               demand: Demand) -> None:
+        try:
+            await self.api.post(f"/market-api/v1/demands/{subscription.id}/proposals/"
+                                f"{proposal.id}", json=_demand_doc(demand))
+        except ApiError as exc:
+            log.info("countering %s failed: %s", proposal.provider_name, exc)
+
+    async def reject_proposal(self, subscription: Any, proposal: Proposal, reason: str) -> None:
+        await self.api.post(f"/market-api/v1/demands/{subscription.id}/proposals/{proposal.id}"
+                            "/reject", json={"message": reason}, ok=(400, 404, 410))
+
+    async def make_agreement(self, proposal: Proposal, valid_to: datetime) -> Agreement:
+        demand = Demand(properties={}, constraints="")
+        try:
+            agreement_id = await self.api.post("/market-api/v1/agreements", json={
+                "proposalId": proposal.id, "validTo": _iso(valid_to)})
+            await self.api.post(f"/market-api/v1/agreements/{agreement_id}/confirm")
+            await self.api.post(f"/market-api/v1/agreements/{agreement_id}/wait",
+                                params={"timeout": 30}, poll=30)
+            doc = await self.api.get(f"/market-api/v1/agreements/{agreement_id}")
+        except ApiError as exc:
+            raise AgreementRejected(f"{proposal.provider_name} did not approve: {exc}",
+                                    provider_id=proposal.issuer_id) from exc
+        if doc.get("state") != "Approved":
+            raise AgreementRejected(f"{proposal.provider_name} did not approve "
+                                    f"(agreement {doc.get('state')})",
+                                    provider_id=proposal.issuer_id)
+        requested = doc.get("demand") or {}
+        demand = Demand(properties=flatten_properties(requested.get("properties") or {}),
+                        constraints=requested.get("constraints") or "")
+        return Agreement(id=agreement_id, proposal=proposal, demand=demand, valid_to=valid_to)
+
+    async def terminate_agreement(self, agreement: Agreement, reason: str) -> None:
+        await self.api.post(f"/market-api/v1/agreements/{agreement.id}/terminate",
+                            json={"message": reason}, ok=(409, 410))
+
+    # -- activity ---------------------------------------------------------------------------
+
+    async def create_activity(self, agreement: Agreement) -> Activity:
+        try:
+            answer = await self.api.post("/activity-api/v1/activity",
+                                         json={"agreementId": agreement.id},
+                                         params={"timeout": 30})
+        except ApiError as exc:
+            raise ActivityLost(f"{agreement.provider_name} could not create an activity: "
+                               f"{exc}") from exc
+        activity_id = answer if isinstance(answer, str) else answer["activityId"]
+        return Activity(id=activity_id, agreement_id=agreement.id)
+
+    async def exec(self, activity: Activity, commands: Sequence[Command],
+                   timeout: float | None) -> _Batch:
+        commands = [_with_env(c) for c in commands]
+        try:
+            batch_id = await self.api.post(f"/activity-api/v1/activity/{activity.id}/exec",
+                                           json={"text": json.dumps(batch_to_json(commands))})
+        except ApiError as exc:
+            raise _activity_error(activity, exc.status) from exc
+        return _Batch(self.api, activity, batch_id, len(commands))
+
+    async def activity_state(self, activity: Activity) -> str:
+        doc = await self.api.get(f"/activity-api/v1/activity/{activity.id}/state")
+        return str(doc["state"][0])
+
+    async def activity_usage(self, activity: Activity) -> dict[str, float]:
+        doc = await self.api.get(f"/activity-api/v1/activity/{activity.id}/usage")
+        agreement = await self.api.get(f"/activity-api/v1/activity/{activity.id}/agreement")
+        offer = flatten_properties(((await self.api.get(
+            f"/market-api/v1/agreements/{agreement}")).get("offer") or {}).get("properties") or {})
+        names = offer.get("golem.com.usage.vector")
+        values = doc.get("currentUsage") or []
+        if not isinstance(names, list):
+            return {}
+        return {str(n): float(v) for n, v in zip(names, values)}
+
+    async def destroy_activity(self, activity: Activity) -> None:
+        await self.api.delete(f"/activity-api/v1/activity/{activity.id}", ok=(404, 410),
+                              params={"timeout": 10})
