@@ -36,6 +36,29 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _ours_or_orphaned(pid: int, me: int) -> bool:
+    """Whether ``pid`` descends from this process, or from nobody (reparented to init).
+
+    Sandboxes of other live processes (another test run, a devnet's provider agents) are
+    theirs to clean up, not this test's.
+    """
+    seen = 0
+    while pid > 1 and seen < 64:
+        if pid == me:
+            return True
+        pid = _parent(pid)
+        seen += 1
+    return pid <= 1
+
+
 def sandbox_processes() -> list[tuple[int, str]]:
     """Processes that run as a sandbox user, or are bubblewrap children of this process."""
     found = []
@@ -54,7 +77,8 @@ def sandbox_processes() -> list[tuple[int, str]]:
             continue  # already dead, waiting for init to reap it: holds nothing
         uid = int(status["Uid"].split()[0])
         ppid = int(status["PPid"])
-        if owns_sandbox_uid(uid) or (ppid == me and "bwrap" in cmdline):
+        if (owns_sandbox_uid(uid) or (ppid == me and "bwrap" in cmdline)) and \
+                _ours_or_orphaned(int(name), me):
             found.append((int(name), f"{status['State'].strip()} ppid={ppid} {cmdline[:120]}"))
     return found
 

@@ -324,3 +324,19 @@ async def test_ten_thousand_tasks_in_one_job_with_bounded_memory() -> None:
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert n == 10_000 and counts["TaskAccepted"] == 10_000
     assert grown_mib < 60, f"memory grew by {grown_mib:.0f} MiB"
+
+
+@pytest.mark.watchdog(120)
+async def test_a_task_longer_than_one_reservation_step_is_not_cut_off() -> None:
+    rec = Recorder()
+
+    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = context.new_script()
+            script.run("/bin/sleep", "12")  # past the first reservation of about 10 s
+            yield script
+            task.accept_result("slept")
+
+    async with golem(rec, providers=1) as g:
+        (task,) = await collect(g, worker, ["x"])
+    assert task.result == "slept" and task.attempts == 1

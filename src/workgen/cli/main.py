@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import devnet, exeunit, provider
+from . import devnet, exeunit, provider, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     exeunit.add_parser(commands)
     devnet.add_parser(commands)
     provider.add_parser(commands)
+    run.add_parser(commands)
     return parser
 
 

@@ -35,6 +35,9 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--price-start", type=float, default=0.0, help="fixed price per activity")
     run.add_argument("--debit-note-interval", type=float, default=60.0)
     run.add_argument("--inet", action="store_true", help="allow activities that ask for network")
+    run.add_argument("--overcharge", type=float, default=1.0, metavar="FACTOR",
+                     help="bill FACTOR times the agreed price (a dishonest provider, for "
+                          "testing that requestors reject such bills)")
     run.set_defaults(handler=_run)
 
 
@@ -61,7 +64,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run_provider(config, api_url=args.api_url, appkey=args.appkey,
                                  gsb_url=args.gsb_url, subnet=args.subnet,
-                                 debit_note_interval=args.debit_note_interval))
+                                 debit_note_interval=args.debit_note_interval,
+                                 overcharge=args.overcharge))
     except YagnaApiError as exc:
         print(f"workgen provider: the yagna node failed: {exc}")
         return 1

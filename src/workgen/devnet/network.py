@@ -230,8 +230,10 @@ class Devnet:
             raise
         return agent
 
-    def start_providers(self, *, debit_note_interval: float = 60.0) -> list[AgentState]:
-        """Starts one Python provider (``workgen provider run``) on each provider node.
+    def start_providers(self, *, debit_note_interval: float = 60.0,
+                        nodes: Sequence[str] | None = None) -> list[AgentState]:
+        """Starts one Python provider (``workgen provider run``) on each provider node (or on
+        the ``nodes`` named).
 
         Their resources and prices vary as the local network's default providers' do.
         """
@@ -239,9 +241,10 @@ class Devnet:
         from ..protocol.properties import USAGE_CPU_SEC, USAGE_DURATION_SEC
 
         state = self.state()
-        nodes = [n for n in state.nodes if n.role == "provider"]
+        targets = [n for n in state.nodes
+                   if n.role == "provider" and (nodes is None or n.name in nodes)]
         agents = []
-        for node, config in zip(nodes, default_provider_configs(len(nodes))):
+        for node, config in zip(targets, default_provider_configs(len(targets))):
             prices = config.pricing.prices
             argv = [
                 sys.executable, "-m", "workgen.cli.main", "provider", "run",

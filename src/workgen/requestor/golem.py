@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -327,6 +328,12 @@ class Golem:
         if book.reservation is not None and amount > book.reservation.reserved + AMOUNT_TOLERANCE:
             return (f"amount {amount} is over the {book.reservation.reserved} this agreement "
                     "may cost within the budget")
+        if book.reservation is not None:
+            # Whatever the usage, linear pricing can't have reached more than this by now.
+            most = book.reservation.bound(time.monotonic() - book.reservation.started)
+            if amount > most + AMOUNT_TOLERANCE:
+                return (f"amount {amount} is over {most}, the most the agreed prices allow "
+                        "for the time the agreement has run")
         if usage_vector is not None:
             pricing = book.agreement.pricing
             usage = dict(zip(pricing.usage_vector, usage_vector))

@@ -44,6 +44,8 @@ Worker = Callable[[WorkContext, AsyncIterator[Task[Any, Any]]], AsyncGenerator[S
 
 # The first task on a new agreement is assumed to take this long, for the budget's sake.
 FIRST_TASK_GUESS_SEC = 1.0
+# How long before an agreement's budget deadline its reservation is topped up.
+EXTEND_AHEAD_SEC = 2.0
 
 
 class _WorkerFailed(Exception):
@@ -227,18 +229,23 @@ class Job:
             ctx = WorkContext(backend=self.golem.backend, agreement=agreement, activity=activity,
                               job_id=self.id, emit=self._emit,
                               stream_output=self.golem.stream_output)
-            async with asyncio.timeout_at(_loop_time(reservation.deadline())) as deadline:
-                if self._implicit_init:
-                    init = ctx.new_script()
-                    init.deploy()
-                    init.start()
-                    await ctx._run_script(init)
-                while pending is not None:
-                    task, pending = pending, None
-                    if await self._drive(ctx, task, reservation, deadline):
-                        reason = "the agreement used its share of the budget"
-                        return
-                    pending = await self.queue.get()
+            async with asyncio.timeout_at(_loop_time(reservation.deadline())) as deadline, \
+                    task_scope() as tg:
+                extender = tg.create_task(_extend_while_affordable(reservation, deadline))
+                try:
+                    if self._implicit_init:
+                        init = ctx.new_script()
+                        init.deploy()
+                        init.start()
+                        await ctx._run_script(init)
+                    while pending is not None:
+                        task, pending = pending, None
+                        if await self._drive(ctx, task, reservation, deadline):
+                            reason = "the agreement used its share of the budget"
+                            return
+                        pending = await self.queue.get()
+                finally:
+                    extender.cancel()
         except TimeoutError:
             reason = "the agreement used its share of the budget"
             log.info("%s: %s", agreement.provider_name, reason)
@@ -374,6 +381,24 @@ class Job:
         self.failed.append(task)
         self._emit(events.TaskFailed(job_id=self.id, task_id=task.id, data=task.data,
                                      reason=reason, attempts=task.attempts))
+
+
+async def _extend_while_affordable(reservation: AgreementBudget,
+                                   deadline: asyncio.Timeout) -> None:
+    """Keeps moving the agreement's deadline while the budget can pay for more time.
+
+    A long task, or a worker waiting on something of its own, must not be cut off while the
+    budget still has room; only when it has none does the deadline stand.
+    """
+    while True:
+        when = reservation.deadline()
+        if when is None:
+            return
+        # A real timer: wake up a moment before the deadline and try to push it back.
+        await asyncio.sleep(max(0.0, when - time.monotonic() - EXTEND_AHEAD_SEC))
+        if not reservation.ensure(EXTEND_AHEAD_SEC * 2):
+            return
+        deadline.reschedule(_loop_time(reservation.deadline()))
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

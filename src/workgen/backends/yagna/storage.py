@@ -87,18 +87,20 @@ class GftpStorage:
         self._node_id = node_id
         self._dir = directory
         self._published: dict[str, _Shared] = {}
+        self._publishing = asyncio.Lock()
 
     async def publish_file(self, path: Path) -> _Shared:
         # A file is served at its content hash, once: scripts that send the same file share it.
         digest = await asyncio.to_thread(file_hash, path)
-        shared = self._published.get(digest)
-        if shared is None:
-            try:
-                published = await publish(self._bus, self._node_id, path)
-            except (GsbError, GftpError) as exc:
-                raise BackendError(f"cannot publish {path} over GFTP: {exc}") from exc
-            shared = self._published[digest] = _Shared(self, digest, _Source(published))
-        shared.users += 1
+        async with self._publishing:  # two scripts sending the same file at once share it
+            shared = self._published.get(digest)
+            if shared is None:
+                try:
+                    published = await publish(self._bus, self._node_id, path)
+                except (GsbError, GftpError) as exc:
+                    raise BackendError(f"cannot publish {path} over GFTP: {exc}") from exc
+                shared = self._published[digest] = _Shared(self, digest, _Source(published))
+            shared.users += 1
         return shared
 
     async def publish_bytes(self, data: bytes) -> _Shared:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 async def run_provider(config: ProviderConfig, *, api_url: str, appkey: str, gsb_url: str,
                        subnet: str = "public", debit_note_interval: float = 60.0,
-                       work_root: Path | None = None) -> None:
+                       work_root: Path | None = None, overcharge: float = 1.0) -> None:
     """Run a provider agent on the yagna node at ``api_url``/``gsb_url`` until cancelled."""
     rest = RestClient(api_url, appkey)
     try:
@@ -29,7 +29,8 @@ async def run_provider(config: ProviderConfig, *, api_url: str, appkey: str, gsb
         node_id = me["identity"]
         async with open_gsb(gsb_url, name=f"workgen-provider-{config.name}") as bus:
             agent = ProviderAgent(config, rest, bus, node_id, subnet=subnet,
-                                  debit_note_interval=debit_note_interval, work_root=work_root)
+                                  debit_note_interval=debit_note_interval, work_root=work_root,
+                                  overcharge=overcharge)
             log.info("provider %s on node %s", config.name, node_id)
             await agent.run()
     finally:

@@ -75,7 +75,8 @@ class _Agreement:
 class ProviderAgent:
     def __init__(self, config: ProviderConfig, rest: RestClient, bus: GsbClient, node_id: str,
                  *, subnet: str = "public", platform: str = PLATFORM,
-                 debit_note_interval: float = 60.0, work_root: Path | None = None):
+                 debit_note_interval: float = 60.0, work_root: Path | None = None,
+                 overcharge: float = 1.0):
         self.config = config
         self.node_id = node_id
         self._rest = rest
@@ -84,6 +85,8 @@ class ProviderAgent:
         self._platform = platform
         self._interval = debit_note_interval
         self._work_root = work_root
+        self._overcharge = Decimal(str(overcharge))
+        """Bills are this many times the agreed price: 1 for an honest provider."""
         self._tg: asyncio.TaskGroup | None = None
         self._agreement: _Agreement | None = None
         self._offer_id: str | None = None
@@ -279,7 +282,7 @@ class ProviderAgent:
                 vector = [float(usage.get(c, 0.0)) for c in agreement.pricing.usage_vector]
                 await self._send("debitNotes", {
                     "agreementId": agreement.id, "activityId": activity.id,
-                    "totalAmountDue": str(_price(agreement.pricing, usage)),
+                    "totalAmountDue": str(_price(agreement.pricing, usage) * self._overcharge),
                     "usageCounterVector": vector,
                     "paymentDueDate": _iso(datetime.now(timezone.utc) + timedelta(minutes=5)),
                 })
@@ -290,7 +293,7 @@ class ProviderAgent:
             total += _price(agreement.pricing, activity.final_usage or {})
         await self._send("invoices", {
             "agreementId": agreement.id, "activityIds": list(agreement.activities),
-            "amount": str(total),
+            "amount": str(total * self._overcharge),
             "paymentDueDate": _iso(datetime.now(timezone.utc) + timedelta(minutes=5)),
         })
 
