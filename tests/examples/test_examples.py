@@ -7,29 +7,78 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from conftest import sandbox_processes
+from workgen.devnet import Devnet
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 
-def run_example(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+BACKENDS = ["local", pytest.param("yagna", marks=pytest.mark.timeout(300))]
 
 
-def test_hello_prints_the_provider_s_date(tmp_path: Path) -> None:
-    done = run_example(str(EXAMPLES / "hello.py"), cwd=tmp_path)
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A devnet (real yagna daemons, two Python providers) for the examples on yagna."""
+    directory = tmp_path_factory.mktemp("devnet") / "net"
+    net = Devnet(directory)
+    net.up(2)
+    try:
+        net.start_providers(debit_note_interval=2.0)
+        yield directory
+    finally:
+        net.down()
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
+    # On yagna the sandboxes belong to the devnet's provider agents, which outlive a test and
+    # close their activities on their own time; the devnet's teardown stops them all.
+    on_yagna = "yagna" in request.node.name
+    before = {pid for pid, _ in sandbox_processes()}
+    yield
+    if not on_yagna:
+        left = [p for p in sandbox_processes() if p[0] not in before]
+        assert not left, f"processes left behind by the test: {left}"
+
+
+def run_example(*args: str, cwd: Path, timeout: float = 120, backend: str = "local",
+                devnet: Path | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "workgen.cli.main", "run", *args[:1], "--backend", backend]
+    if devnet is not None:
+        command += ["--devnet-dir", str(devnet)]
+    command += ["--", *args[1:]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YAGNA_", "GSB_"))}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          check=False, env=env)
+
+
+@pytest.fixture
+def where(request: pytest.FixtureRequest) -> dict[str, object]:
+    backend = request.param
+    if backend == "yagna":
+        return {"backend": "yagna", "devnet": request.getfixturevalue("devnet")}
+    return {"backend": "local"}
+
+
+@pytest.mark.parametrize("where", BACKENDS, indirect=True)
+def test_hello_prints_the_provider_s_date(tmp_path: Path, where: dict[str, object]) -> None:
+    done = run_example(str(EXAMPLES / "hello.py"), cwd=tmp_path, **where)  # type: ignore[arg-type]
     assert done.returncode == 0, done.stderr
     assert re.search(r"\b\d\d:\d\d:\d\d\b.*\b20\d\d\b", done.stdout), done.stdout
     assert "1 accepted" in done.stderr
 
 
-def test_retries_example_retries_a_wrong_answer_and_reports_bad_input(tmp_path: Path) -> None:
-    done = run_example(str(EXAMPLES / "retries.py"), cwd=tmp_path)
+@pytest.mark.parametrize("where", BACKENDS, indirect=True)
+def test_retries_example_retries_a_wrong_answer_and_reports_bad_input(
+        tmp_path: Path, where: dict[str, object]) -> None:
+    done = run_example(str(EXAMPLES / "retries.py"), cwd=tmp_path, **where)  # type: ignore[arg-type]
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "7^2 = 49 (attempts: 2)" in lines
@@ -38,10 +87,12 @@ def test_retries_example_retries_a_wrong_answer_and_reports_bad_input(tmp_path: 
 
 
 @pytest.mark.timeout(300)
-def test_render_example_makes_an_animation_from_frames_rendered_on_providers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", BACKENDS, indirect=True)
+def test_render_example_makes_an_animation_from_frames_rendered_on_providers(
+        tmp_path: Path, where: dict[str, object]) -> None:
     out = tmp_path / "out"
     done = run_example(str(EXAMPLES / "render.py"), "--frames", "6", "--size", "96x72",
-                       "--out", str(out), cwd=tmp_path, timeout=280)
+                       "--out", str(out), cwd=tmp_path, timeout=280, **where)  # type: ignore[arg-type]
     assert done.returncode == 0, done.stderr
     with Image.open(out / "animation.gif") as gif:
         assert gif.n_frames == 6 and gif.size == (96, 72)
