@@ -13,19 +13,21 @@ Printed: scripts per second (N over the wall time of all N) and per-script laten
 p95), for both, and the devnet / local ratio. The devnet is brought down at the end whatever
 happens. ``--gftp`` also runs ``bench/gftp.py`` on a small file (one round).
 
-    .venv/bin/python bench/devnet.py [-n 200] [--gftp]
+    .venv/bin/python bench/devnet.py [-n 200] [--tasks 200] [--gftp]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -153,9 +155,56 @@ def devnet_figures(n: int) -> Figures:
                 devnet.down()
 
 
+async def _task_worker(context: Any, tasks: Any) -> Any:
+    async for task in tasks:
+        script = context.new_script()
+        future_result = script.run("/bin/sh", "-c", "date")
+        yield script
+        task.accept_result(result=await future_result)
+
+
+async def _tasks_per_second(backend: Any, n: int, workers: int) -> float:
+    """N trivial tasks end to end through ``execute_tasks``; the clock starts at the first one
+    accepted, so the market's start-up (offers travel for seconds on yagna) is left out."""
+    from workgen import Golem, ProgressDisplay, vm
+
+    async with Golem(budget=10, backend=backend,
+                     event_consumer=ProgressDisplay(io.StringIO(), live=False)) as golem:
+        start = 0.0
+        done = 0
+        async for _ in golem.execute_tasks(_task_worker, range(n + 1), payload=vm.repo(),
+                                           max_workers=workers):
+            done += 1
+            if done == 1:
+                start = time.perf_counter()
+        return n / (time.perf_counter() - start)
+
+
+def execute_tasks_figures(n: int, providers: int) -> tuple[float, float]:
+    """Tasks/s through execute_tasks on a devnet with ``providers`` agents, and locally."""
+    from workgen.backends.yagna import Yagna
+
+    with tempfile.TemporaryDirectory(prefix="devnet-bench-") as tmp:
+        devnet = Devnet(Path(tmp) / "devnet")
+        try:
+            state = devnet.up(providers=providers)
+            devnet.start_providers()
+            requestor = state.requestor
+            yagna = Yagna(api_url=requestor.api_url, appkey=requestor.appkey,
+                          gsb_url=requestor.gsb_url, subnet=state.subnet)
+            on_devnet = asyncio.run(_tasks_per_second(yagna, n, providers))
+        finally:
+            if devnet.state_path.exists():
+                devnet.down()
+    local = asyncio.run(_tasks_per_second(LocalNetwork(providers=providers), n, providers))
+    return on_devnet, local
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=200, help="scripts per backend (default 200)")
+    parser.add_argument("--tasks", type=int, default=200,
+                        help="tasks through execute_tasks per backend (default 200)")
     parser.add_argument("--gftp", action="store_true",
                         help="also run bench/gftp.py on a 64 MiB file, one round")
     args = parser.parse_args()
@@ -171,6 +220,10 @@ def main() -> None:
     print(local.row())
     print(f"ratio devnet / local: {devnet.rate / local.rate:.3f} in scripts/s, "
           f"{devnet.median_ms / local.median_ms:.1f}x the median latency")
+
+    on_devnet, local_rate = execute_tasks_figures(args.tasks, 2)
+    print(f"{args.tasks} tasks through execute_tasks, 2 providers: devnet {on_devnet:.1f} tasks/s, "
+          f"local network {local_rate:.1f} tasks/s, ratio {on_devnet / local_rate:.3f}")
 
     if args.gftp:
         sys.path.insert(0, str(ROOT / "bench"))

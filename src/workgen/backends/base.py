@@ -207,6 +207,9 @@ class Backend(Protocol):
     name: str
     startup_timeout: float
     """How long to wait for a first proposal before concluding no provider fits (seconds)."""
+    cheap_events: bool
+    """Whether a batch's runtime events cost little to follow. When not (yagna: an SSE stream
+    per batch), the requestor reads them only when it needs them (live output)."""
 
     @property
     def storage(self) -> Storage: ...

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import re
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -14,7 +15,10 @@ from ..errors import (
     ActivityLost, BatchError, BatchTimeoutError, CommandExecutionError, CommandSkipped,
     WorkgenError,
 )
-from ..protocol.results import CommandResult, Finished, Started, StdErr, StdOut, utc_now
+from ..protocol.exescript import Run, Stream
+from ..protocol.results import (
+    CommandResult, Finished, RuntimeEvent, Started, StdErr, StdOut, utc_now,
+)
 from . import events
 from .script import Result, Script, _Step
 
@@ -114,9 +118,13 @@ class WorkContext:
         started: dict[int, datetime] = {}
         codes: dict[int, int] = {}
         limit = None if script.timeout is None else script.timeout + _TIMEOUT_GRACE
+        follow = self._backend.cheap_events or self._stream_output or any(
+            isinstance(c, Run) and c.capture is not None
+            and (isinstance(c.capture.stdout, Stream) or isinstance(c.capture.stderr, Stream))
+            for c in commands)
         try:
             async with asyncio.timeout(limit):
-                async for event in batch.events():
+                async for event in (batch.events() if follow else _nothing()):
                     kind = event.kind
                     if isinstance(kind, Started):
                         started[event.index] = event.timestamp
@@ -168,10 +176,21 @@ class WorkContext:
         return results
 
 
+async def _nothing() -> AsyncIterator[RuntimeEvent]:
+    return
+    yield  # an empty async generator
+
+
+_RETURN_CODE = re.compile(r"return code (\d+)")
+
+
 def _result(index: int, command: Any, raw: CommandResult, started: datetime | None,
             code: int | None) -> Result:
     if code is None:
-        code = 0 if raw.ok else None
+        # Without the runtime events, a failed command's code is read from its message
+        # (execution units say "... return code N").
+        found = None if raw.ok else _RETURN_CODE.search(raw.message or "")
+        code = 0 if raw.ok else int(found.group(1)) if found else None
     return Result(index=index, command=command, success=raw.ok, return_code=code,
                   stdout=raw.stdout, stderr=raw.stderr, message=raw.message,
                   started_at=started, finished_at=raw.event_date)

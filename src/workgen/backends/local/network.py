@@ -65,6 +65,7 @@ class LocalNetwork:
 
     name = "local"
     startup_timeout = 2.0
+    cheap_events = True
     """Offers on the local network are there at once: a short wait decides 'no provider'."""
 
     def __init__(

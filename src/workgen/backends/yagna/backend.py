@@ -170,6 +170,7 @@ class Yagna:
 
     name = "yagna"
     startup_timeout = 30.0
+    cheap_events = False
 
     def __init__(self, *, api_url: str | None = None, appkey: str | None = None,
                  gsb_url: str | None = None, subnet: str | None = None,
