@@ -226,3 +226,33 @@ async def test_an_invoice_over_the_agreed_price_is_rejected(devnet: Devnet) -> N
     assert rejected and "over" in rejected[0].reason
     assert not rec.of(events.InvoiceAccepted)
     assert all(e.amount > Decimal(0) for e in rejected)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.watchdog(160)
+async def test_the_allocation_is_renewed_during_a_long_job(devnet: Devnet) -> None:
+    from datetime import timedelta
+
+    rec = Recorder()
+    yagna = backend(devnet)
+    # Shorter than the job (market start-up and a 40 s task): it must be renewed on the way,
+    # as debit notes (every second) are accepted.
+    yagna.allocation_term = timedelta(seconds=30)
+
+    async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = ctx.new_script()
+            script.run("/bin/sleep", "40")
+            yield script
+            task.accept_result()
+
+    strategy = ProviderFilter(default_strategy(), deny=[CHEATER])
+    async with Golem(budget=1, backend=yagna, event_consumer=rec, strategy=strategy) as g:
+        done = await collect(g, worker, ["x"])
+        assert len(done) == 1, [(t, t.reason) for t in g.failed_tasks]
+        allocation = g._allocation
+        assert allocation is not None
+        doc = await yagna.api.get(f"/payment-api/v1/allocations/{allocation.id}")
+    assert len(rec.of(events.DebitNoteAccepted)) >= 3
+    assert rec.of(events.InvoiceAccepted)
+    assert doc["timeout"] > doc["timestamp"]

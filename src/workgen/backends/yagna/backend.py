@@ -23,7 +23,7 @@ from typing import Any
 from ..._aio import task_scope
 from ...errors import (
     ActivityClosed, ActivityLost, AgreementRejected, BackendError, BackendUnavailable,
-    BudgetExhausted,
+    BudgetExhausted, PaymentError,
 )
 from ...gsb import GsbClient, GsbError, open_gsb
 from ...protocol.exescript import Command, Run, batch_to_json
@@ -174,7 +174,8 @@ class Yagna:
 
     def __init__(self, *, api_url: str | None = None, appkey: str | None = None,
                  gsb_url: str | None = None, subnet: str | None = None,
-                 payment_network: str | None = None, payment_driver: str | None = None):
+                 payment_network: str | None = None, payment_driver: str | None = None,
+                 allocation_term: timedelta = timedelta(hours=1)):
         env = os.environ
         self.api_url = api_url or env.get("YAGNA_API_URL") or "http://127.0.0.1:7465"
         appkey = appkey or env.get("YAGNA_APPKEY")
@@ -193,6 +194,8 @@ class Yagna:
         self._storage: GftpStorage | None = None
         self.node_id = ""
         self._started = False
+        self.allocation_term = allocation_term
+        self._expires: dict[str, datetime] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -237,12 +240,36 @@ class Yagna:
     # -- payment ----------------------------------------------------------------------------
 
     async def create_allocation(self, amount: Decimal) -> Allocation:
+        expires = datetime.now(timezone.utc) + self.allocation_term
         doc = await self.api.post("/payment-api/v1/allocations", json={
             "address": self.node_id, "paymentPlatform": self.platform,
-            "totalAmount": str(amount), "makeDeposit": False,
-            "timeout": _iso(datetime.now(timezone.utc) + timedelta(days=1))})
+            "totalAmount": str(amount), "makeDeposit": False, "timeout": _iso(expires)})
+        self._expires[doc["allocationId"]] = expires
         return Allocation(id=doc["allocationId"], total_amount=amount,
                           payment_platform=self.platform, address=self.node_id)
+
+    async def _keep_allocation(self, allocation: Allocation) -> None:
+        """Pushes the allocation's timeout back once half of its term has passed.
+
+        Payments keep flowing during a job (a debit note every few seconds or minutes), so
+        renewing as they are accepted keeps the allocation alive for as long as the job runs,
+        without a timer of its own.
+        """
+        expires = self._expires.get(allocation.id)
+        now = datetime.now(timezone.utc)
+        if expires is None or expires - now > self.allocation_term / 2:
+            return
+        expires = now + self.allocation_term
+        try:
+            await self.api.request("PUT", f"/payment-api/v1/allocations/{allocation.id}",
+                                   json={"timeout": _iso(expires)})
+        except ApiError as exc:
+            if exc.status == 404:
+                raise PaymentError(f"allocation {allocation.id} expired before it could be "
+                                   "renewed; no more payments can be made from it") from exc
+            raise
+        self._expires[allocation.id] = expires
+        log.info("allocation %s renewed until %s", allocation.id, _iso(expires))
 
     async def release_allocation(self, allocation: Allocation) -> None:
         await self.api.delete(f"/payment-api/v1/allocations/{allocation.id}", ok=(404, 410))
@@ -285,6 +312,7 @@ class Yagna:
                                   amount=Decimal(doc["amount"]), issuer_id=doc.get("issuerId", ""))
 
     async def accept_debit_note(self, note: DebitNote, allocation: Allocation) -> None:
+        await self._keep_allocation(allocation)
         await self.api.post(f"/payment-api/v1/debitNotes/{note.id}/accept", json={
             "totalAmountAccepted": str(note.total_amount_due), "allocationId": allocation.id})
 
@@ -294,6 +322,7 @@ class Yagna:
             "message": reason}, ok=(400, 404, 501))
 
     async def accept_invoice(self, invoice: Invoice, allocation: Allocation) -> None:
+        await self._keep_allocation(allocation)
         try:
             await self.api.post(f"/payment-api/v1/invoices/{invoice.id}/accept", json={
                 "totalAmountAccepted": str(invoice.amount), "allocationId": allocation.id})

@@ -3,7 +3,8 @@
 The requestor's daemon turns the activity REST API into calls to this service (through the
 network: ``/net/<provider>/exeunit/<activityId>/<Message>``). Message names and payloads are
 yagna's (ya-core-model's activity messages); errors answer ``{"Err": {<kind>: detail}}`` with
-its ``RpcMessageError`` kinds, so the daemon maps them to the right HTTP status.
+its ``RpcMessageError`` kinds, spelled as the daemon reads them (``badRequest``, ``notFound``,
+``activity``, and the bare ``"timeout"``), so it maps them to the right HTTP status.
 """
 
 from __future__ import annotations
@@ -52,22 +53,23 @@ class ExeUnitService:
 
     def _check_activity(self, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict):
-            raise _error("BadRequest", f"expected a message object, got {payload!r}")
+            raise _error("badRequest", f"expected a message object, got {payload!r}")
         activity_id = payload.get("activityId", payload.get("activity_id"))
         if activity_id not in (None, self.unit.activity_id):
-            raise _error("NotFound", f"activity {activity_id} is not served here")
+            raise _error("notFound", f"activity {activity_id} is not served here")
         return payload
 
     async def _exec(self, payload: Any) -> str:
         msg = self._check_activity(payload)
         try:
             commands = parse_batch(msg.get("exeScript") or [])
-            return self.unit.exec(commands, batch_id=msg.get("batchId") or None,
-                                  timeout=msg.get("timeout"))
+            # The message's own "timeout" bounds the call (the daemon's wait for our answer),
+            # not the batch: the batch runs until done, cancelled or its activity ends.
+            return self.unit.exec(commands, batch_id=msg.get("batchId") or None)
         except BatchFormatError as exc:
-            raise _error("BadRequest", str(exc)) from exc
+            raise _error("badRequest", str(exc)) from exc
         except ExeUnitError as exc:
-            raise _error("Activity", str(exc)) from exc
+            raise _error("activity", str(exc)) from exc
 
     async def _results(self, payload: Any) -> list[dict[str, Any]]:
         msg = self._check_activity(payload)
@@ -78,9 +80,10 @@ class ExeUnitService:
                                               None if index is None else int(index),
                                               None if timeout is None else float(timeout))
         except UnknownBatch as exc:
-            raise _error("NotFound", str(exc)) from exc
+            raise _error("notFound", str(exc)) from exc
         except TimeoutError:
-            raise _error("Timeout", timeout) from None
+            # A variant without data: the bare name, which the daemon turns into a 408.
+            raise GsbHandlerError("timeout") from None
         return [r.to_json() for r in results]
 
     async def _stream(self, payload: Any) -> AsyncIterator[dict[str, Any]]:
@@ -89,7 +92,7 @@ class ExeUnitService:
         try:
             subscription = self.unit.stream(msg.get("batch_id") or msg.get("batchId") or "")
         except UnknownBatch as exc:
-            raise _error("NotFound", str(exc)) from exc
+            raise _error("notFound", str(exc)) from exc
         async with subscription as events:
             async for event in events:
                 yield event.to_json()
@@ -108,7 +111,7 @@ class ExeUnitService:
 
 
 async def _unsupported(method: str) -> Any:
-    raise _error("BadRequest", f"the execution unit does not support {method!r}")
+    raise _error("badRequest", f"the execution unit does not support {method!r}")
 
 
 def activity_state(unit: ExeUnit) -> dict[str, Any]:
