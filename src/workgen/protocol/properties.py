@@ -46,6 +46,9 @@ SCHEME_PAYU = "payu"
 SRV_COMP_EXPIRATION = "golem.srv.comp.expiration"
 SRV_COMP_TASK_PACKAGE = "golem.srv.comp.task_package"
 SRV_COMP_VM_PACKAGE_FORMAT = "golem.srv.comp.vm.package_format"
+# Not a Golem standard property: a payload's image tag, which a backend resolves (the yagna
+# backend through the image registry, the local network in its image store).
+SRV_COMP_VM_IMAGE_TAG = "golem.srv.comp.vm.image_tag"
 
 # Activity
 ACTIVITY_CAPS_TRANSFER_PROTOCOL = "golem.activity.caps.transfer.protocol"

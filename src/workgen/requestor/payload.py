@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from ..protocol.constraints import compare
 from ..protocol.properties import (
+    SRV_COMP_VM_IMAGE_TAG,
     INF_CPU_THREADS,
     INF_MEM_GIB,
     INF_STORAGE_GIB,
@@ -39,7 +40,6 @@ from ..protocol.properties import (
 __all__ = ["SRV_COMP_VM_IMAGE_TAG", "VmPayload", "repo"]
 
 # Our own property (not a Golem standard one): the tag a backend resolves to an image.
-SRV_COMP_VM_IMAGE_TAG = "golem.srv.comp.vm.image_tag"
 PACKAGE_FORMAT_GVMKIT_SQUASH = "gvmkit-squash"
 RUNTIME_VM = "vm"
 

@@ -20,14 +20,19 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from ..._aio import task_scope
 from ...errors import (
     ActivityClosed, ActivityLost, AgreementRejected, BackendError, BackendUnavailable,
-    BudgetExhausted, PaymentError,
+    BudgetExhausted, ImageNotFound, PaymentError,
 )
 from ...gsb import GsbClient, GsbError, open_gsb
 from ...protocol.exescript import Command, Run, batch_to_json
-from ...protocol.properties import COM_PAYMENT_CHOSEN_PLATFORM, flatten_properties
+from ...protocol.properties import (
+    COM_PAYMENT_CHOSEN_PLATFORM, SRV_COMP_TASK_PACKAGE, SRV_COMP_VM_IMAGE_TAG,
+    SRV_COMP_VM_PACKAGE_FORMAT, flatten_properties,
+)
 from ...protocol.results import CommandResult, Finished, RuntimeEvent
 from ..base import (
     Activity, Agreement, Allocation, DebitNote, Demand, Invoice, MarketEvent, PaymentEvent,
@@ -175,7 +180,8 @@ class Yagna:
     def __init__(self, *, api_url: str | None = None, appkey: str | None = None,
                  gsb_url: str | None = None, subnet: str | None = None,
                  payment_network: str | None = None, payment_driver: str | None = None,
-                 allocation_term: timedelta = timedelta(hours=1)):
+                 allocation_term: timedelta = timedelta(hours=1),
+                 registry_url: str | None = None):
         env = os.environ
         self.api_url = api_url or env.get("YAGNA_API_URL") or "http://127.0.0.1:7465"
         appkey = appkey or env.get("YAGNA_APPKEY")
@@ -195,6 +201,8 @@ class Yagna:
         self.node_id = ""
         self._started = False
         self.allocation_term = allocation_term
+        self.registry_url = (registry_url or env.get("GOLEM_REGISTRY_URL")
+                             or "https://registry.golem.network").rstrip("/")
         self._expires: dict[str, datetime] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -340,8 +348,59 @@ class Yagna:
     # -- market -----------------------------------------------------------------------------
 
     async def subscribe_demand(self, demand: Demand) -> _Subscription:
+        demand = await self._resolve_image(demand)
         sub_id = await self.api.post("/market-api/v1/demands", json=_demand_doc(demand))
         return _Subscription(self.api, demand, sub_id)
+
+    async def _resolve_image(self, demand: Demand) -> Demand:
+        """Turns the payload's image into what providers download, as the other SDKs do.
+
+        A tag is looked up in the Golem image registry (``GET /v1/image/info?tag=``): its
+        ``sha3`` and ``http`` link make ``golem.srv.comp.task_package``. A hash without a link
+        gets its link the same way (``?hash=``); if the registry can't be reached, the hash goes
+        through alone (providers that hold images locally, as the devnet's, still run it).
+        """
+        props = dict(demand.properties)
+        tag = props.pop(SRV_COMP_VM_IMAGE_TAG, None)
+        package = props.get(SRV_COMP_TASK_PACKAGE)
+        if tag is None and not (isinstance(package, str) and package.endswith(":")):
+            return demand
+        if tag is not None:
+            info = await self._registry({"tag": str(tag)}, f"tag {tag}", required=True)
+            assert info is not None
+            props[SRV_COMP_TASK_PACKAGE] = f"hash:sha3:{info['sha3']}:{info['http']}"
+            props.setdefault(SRV_COMP_VM_PACKAGE_FORMAT, "gvmkit-squash")
+        else:
+            image_hash = str(package).split(":")[2]
+            info = await self._registry({"hash": image_hash}, f"hash {image_hash}",
+                                        required=False)
+            if info is not None:
+                props[SRV_COMP_TASK_PACKAGE] = f"hash:sha3:{image_hash}:{info['http']}"
+        return Demand(properties=props, constraints=demand.constraints)
+
+    async def _registry(self, params: dict[str, str], what: str,
+                        required: bool) -> dict[str, Any] | None:
+        url = f"{self.registry_url}/v1/image/info"
+        try:
+            async with httpx.AsyncClient(timeout=15) as client:
+                response = await client.get(url, params=params)
+        except httpx.HTTPError as exc:
+            if not required:
+                log.warning("the image registry at %s is unreachable (%s); passing the image "
+                            "hash on without a download link", self.registry_url, exc)
+                return None
+            raise ImageNotFound(f"cannot resolve image {what}: the image registry at "
+                                f"{self.registry_url} is unreachable ({exc!r}); give "
+                                "image_hash and image_url instead, or set "
+                                "GOLEM_REGISTRY_URL") from exc
+        if response.status_code == 404:
+            raise ImageNotFound(f"the image registry at {self.registry_url} has no image "
+                                f"{what}")
+        if response.status_code >= 400:
+            raise ImageNotFound(f"the image registry at {self.registry_url} failed to resolve "
+                                f"{what}: HTTP {response.status_code}")
+        info: dict[str, Any] = response.json()
+        return info
 
     async def counter_proposal(self, subscription: Any, proposal: Proposal,
                                demand: Demand) -> None:
