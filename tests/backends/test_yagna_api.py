@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from support.http import serve
 
 from workgen.backends.yagna.api import ApiError, YagnaApi
 from workgen.errors import BackendUnavailable
@@ -49,15 +50,8 @@ class Flaky(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     Flaky.seen = {}
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with serve(Flaky) as url:
+        yield url
 
 
 async def test_gets_are_retried_on_5xx(server: str) -> None:

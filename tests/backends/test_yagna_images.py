@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from support.http import serve
 
 from workgen.backends.base import Demand
 from workgen.backends.yagna import Yagna
@@ -48,15 +49,8 @@ class Registry(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def registry() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with serve(Registry) as url:
+        yield url
 
 
 def demand_for(payload: vm.VmPayload) -> Demand:

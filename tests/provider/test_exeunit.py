@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from support.http import serve
 from workgen.protocol.exescript import (
     AtEnd, BatchFormatError, Capture, Deploy, Run, Start, Stream, Terminate, Transfer,
 )
@@ -297,7 +298,6 @@ async def test_transfer_is_allowed_before_start(tmp_path: Path) -> None:
 
 async def test_transfer_from_http(tmp_path: Path) -> None:
     import http.server
-    import threading
 
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "page.txt").write_text("served")
@@ -309,19 +309,11 @@ async def test_transfer_from_http(tmp_path: Path) -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with serve(Quiet) as url:
         async with ready_unit(tmp_path) as unit:
             ok = await run_batch(unit, [Transfer(f"{url}/page.txt", "container:/golem/input/"),
                                         sh("cat /golem/input/page.txt")])
             (missing,) = await run_batch(unit, [Transfer(f"{url}/nope", "container:/golem/input/n")])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert ok[-1].stdout == "served"
     assert missing.result == "Error" and "HTTP 404" in (missing.message or "")
 
