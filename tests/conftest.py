@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from support.networks import DevnetNet, LocalNet, Network, start_test_devnet, stop_test_devnet
+from workgen.devnet import Devnet
 from workgen.provider.runtime.sandbox import owns_sandbox_uid
 
 ASYNC_TEST_TIMEOUT = 90.0
@@ -24,8 +26,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """Runs ``async def`` tests in a fresh event loop, cancelled if they overrun."""
     if not inspect.iscoroutinefunction(pyfuncitem.obj):
         return None
-    marker = pyfuncitem.get_closest_marker("watchdog")
-    limit = marker.args[0] if marker else ASYNC_TEST_TIMEOUT
+    # The longest limit wins: a test's own and its network's (the devnet is slower).
+    limit = max((m.args[0] for m in pyfuncitem.iter_markers("watchdog")),
+                default=ASYNC_TEST_TIMEOUT)
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
 
     async def run() -> None:
@@ -34,6 +37,25 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
     asyncio.run(run())
     return True
+
+
+@pytest.fixture(scope="session")
+def test_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    """One devnet for the whole session, started when a test first needs it."""
+    net = start_test_devnet(tmp_path_factory.mktemp("devnet") / "net")
+    try:
+        yield net
+    finally:
+        stop_test_devnet(net)
+
+
+@pytest.fixture(params=["local", pytest.param("yagna", marks=[pytest.mark.watchdog(150),
+                                                              pytest.mark.timeout(300)])])
+def net(request: pytest.FixtureRequest) -> Network:
+    """The network a requestor test runs on: every test that takes it runs on both."""
+    if request.param == "yagna":
+        return DevnetNet(request.getfixturevalue("test_devnet"))
+    return LocalNet()
 
 
 def _parent(pid: int) -> int:

@@ -7,45 +7,16 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from conftest import sandbox_processes
-from workgen.devnet import Devnet
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 
 BACKENDS = ["local", pytest.param("yagna", marks=pytest.mark.timeout(300))]
-
-
-@pytest.fixture(scope="module")
-def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A devnet (real yagna daemons, two Python providers) for the examples on yagna."""
-    directory = tmp_path_factory.mktemp("devnet") / "net"
-    net = Devnet(directory)
-    net.up(2)
-    try:
-        net.start_providers(debit_note_interval=2.0)
-        yield directory
-    finally:
-        net.down()
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
-    # On yagna the sandboxes belong to the devnet's provider agents, which outlive a test and
-    # close their activities on their own time; the devnet's teardown stops them all.
-    on_yagna = "yagna" in request.node.name
-    before = {pid for pid, _ in sandbox_processes()}
-    yield
-    if not on_yagna:
-        left = [p for p in sandbox_processes() if p[0] not in before]
-        assert not left, f"processes left behind by the test: {left}"
 
 
 def run_example(*args: str, cwd: Path, timeout: float = 120, backend: str = "local",
@@ -63,7 +34,7 @@ def run_example(*args: str, cwd: Path, timeout: float = 120, backend: str = "loc
 def where(request: pytest.FixtureRequest) -> dict[str, object]:
     backend = request.param
     if backend == "yagna":
-        return {"backend": "yagna", "devnet": request.getfixturevalue("devnet")}
+        return {"backend": "yagna", "devnet": request.getfixturevalue("test_devnet").directory}
     return {"backend": "local"}
 
 

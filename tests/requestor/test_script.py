@@ -1,24 +1,26 @@
-"""Scripts on the local network: data both ways, limits, env, capture modes, context queries."""
+"""Scripts on both networks (``net``): data both ways, limits, env, capture modes, context
+queries."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 
+from support.networks import Network
 from workgen import (
-    DownloadLimitExceeded, Golem, ImageNotFound, LocalNetwork, Stream, Task, WorkContext,
+    DownloadLimitExceeded, Golem, ImageNotFound, NoProvidersError, Stream, Task, WorkContext,
     events, vm,
 )
 
 PAYLOAD = vm.repo()
 
 
-def local(**kw: Any) -> Golem:
-    return Golem(budget=1, backend=LocalNetwork(providers=1), event_consumer=lambda e: None,
-                 **kw)
+def one_provider(net: Network, **kw: Any) -> Golem:
+    return net.golem(lambda e: None, providers=1, **kw)
 
 
 async def one(golem: Golem, worker: Any, data: Any = "x", **kw: Any) -> Task[Any, Any]:
@@ -26,9 +28,10 @@ async def one(golem: Golem, worker: Any, data: Any = "x", **kw: Any) -> Task[Any
     return task
 
 
-async def test_send_and_download_round_trip_files_bytes_and_json(tmp_path: Path) -> None:
+async def test_send_and_download_round_trip_files_bytes_and_json(net: Network,
+                                                                 tmp_path: Path) -> None:
     source = tmp_path / "in.txt"
-    source.write_text("from a file\n")
+    source.write_bytes(b"from a file\n" + os.urandom(1 << 20))  # a real transfer, not a token
     got: dict[str, Any] = {}
 
     async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
@@ -47,15 +50,15 @@ async def test_send_and_download_round_trip_files_bytes_and_json(tmp_path: Path)
             got["json"] = (await doc).data
             task.accept_result()
 
-    async with local() as golem:
+    async with one_provider(net) as golem:
         await one(golem, worker)
-    expected = b"from a file\n\x00\xffbytes"
+    expected = source.read_bytes() + b"\x00\xffbytes"
     assert (tmp_path / "back" / "ab").read_bytes() == expected
     assert got["bytes"] == got["cb"] == expected
     assert got["json"] == {"n": 4}
 
 
-async def test_download_over_its_limit_is_an_error_not_a_cut() -> None:
+async def test_download_over_its_limit_is_an_error_not_a_cut(net: Network) -> None:
     caught: list[BaseException] = []
 
     async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
@@ -74,13 +77,13 @@ async def test_download_over_its_limit_is_an_error_not_a_cut() -> None:
                 continue
             task.accept_result()
 
-    async with local() as golem:
+    async with one_provider(net) as golem:
         assert [t async for t in golem.execute_tasks(worker, ["x"], payload=PAYLOAD)] == []
     assert isinstance(caught[0].__cause__, DownloadLimitExceeded)
     assert "1000" in str(caught[1])
 
 
-async def test_env_capture_modes_and_results_carry_timing() -> None:
+async def test_env_capture_modes_and_results_carry_timing(net: Network) -> None:
     async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
         async for task in tasks:
             script = ctx.new_script()
@@ -89,7 +92,7 @@ async def test_env_capture_modes_and_results_carry_timing() -> None:
             yield script
             task.accept_result(((await text), (await binary)))
 
-    async with local() as golem:
+    async with one_provider(net) as golem:
         task = await one(golem, worker)
     text, binary = task.result
     assert text.stdout == "hi" and text.return_code == 0 and text.success
@@ -98,7 +101,7 @@ async def test_env_capture_modes_and_results_carry_timing() -> None:
     assert text.command.env == {"GREETING": "hi"}
 
 
-async def test_stream_output_delivers_command_output_events_live() -> None:
+async def test_stream_output_delivers_command_output_events_live(net: Network) -> None:
     seen: list[events.CommandOutput] = []
 
     def consume(event: events.Event) -> None:
@@ -112,13 +115,12 @@ async def test_stream_output_delivers_command_output_events_live() -> None:
             yield script
             task.accept_result()
 
-    async with Golem(budget=1, backend=LocalNetwork(providers=1), event_consumer=consume,
-                     stream_output=True) as golem:
+    async with net.golem(consume, providers=1, stream_output=True) as golem:
         await one(golem, worker)
     assert [(e.stream, e.output) for e in seen] == [("stdout", "streamed\n")]
 
 
-async def test_explicit_stream_capture_without_stream_output() -> None:
+async def test_explicit_stream_capture_without_stream_output(net: Network) -> None:
     async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
         async for task in tasks:
             script = ctx.new_script()
@@ -126,12 +128,12 @@ async def test_explicit_stream_capture_without_stream_output() -> None:
             yield script
             task.accept_result((await out).stdout)
 
-    async with local() as golem:
+    async with one_provider(net) as golem:
         task = await one(golem, worker)
     assert task.result is None  # streamed output is not kept in the result
 
 
-async def test_context_reports_usage_cost_and_state() -> None:
+async def test_context_reports_usage_cost_and_state(net: Network) -> None:
     async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
         async for task in tasks:
             script = ctx.new_script()
@@ -140,14 +142,14 @@ async def test_context_reports_usage_cost_and_state() -> None:
             task.accept_result((await ctx.get_usage(), await ctx.get_cost(),
                                 await ctx.get_raw_state(), ctx.provider_name, ctx.provider_id))
 
-    async with local() as golem:
+    async with one_provider(net) as golem:
         task = await one(golem, worker)
     usage, cost, state, name, node = task.result
     assert usage["golem.usage.cpu_sec"] > 0 and usage["golem.usage.duration_sec"] > 0
     assert cost > 0 and state == "Ready" and name and node.startswith("0x")
 
 
-async def test_wait_for_results_false_resumes_the_worker_at_once() -> None:
+async def test_wait_for_results_false_resumes_the_worker_at_once(net: Network) -> None:
     order: list[str] = []
 
     async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
@@ -160,12 +162,12 @@ async def test_wait_for_results_false_resumes_the_worker_at_once() -> None:
             order.append("done")
             task.accept_result(((await out).stdout, len(done)))
 
-    async with local() as golem:
+    async with one_provider(net) as golem:
         task = await one(golem, worker)
     assert order == ["resumed", "done"] and task.result == ("late\n", 1)
 
 
-async def test_yield_gives_an_awaitable_of_all_results() -> None:
+async def test_yield_gives_an_awaitable_of_all_results(net: Network) -> None:
     async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
         async for task in tasks:
             script = ctx.new_script()
@@ -174,25 +176,28 @@ async def test_yield_gives_an_awaitable_of_all_results() -> None:
             results = yield script
             task.accept_result([r.stdout for r in await results])
 
-    async with local() as golem:
+    async with one_provider(net) as golem:
         task = await one(golem, worker)
     assert task.result == ["a\n", "b\n"]
 
 
-async def test_unknown_image_is_a_clear_error() -> None:
-    async with local() as golem:
-        with pytest.raises(ImageNotFound, match="ab" * 28):
+async def test_unknown_image_is_a_clear_error(net: Network) -> None:
+    # The local network knows its providers' images; on yagna every provider refuses the
+    # demand, and says why.
+    expected = ImageNotFound if net.kind == "local" else NoProvidersError
+    async with one_provider(net) as golem:
+        with pytest.raises(expected, match="ab" * 28):
             async for _ in golem.execute_tasks(lambda c, t: None, ["x"],
                                                payload=vm.repo(image_hash="ab" * 28)):
                 pass
 
 
-async def test_misuse_is_reported_plainly() -> None:
+async def test_misuse_is_reported_plainly(net: Network) -> None:
     async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
         async for task in tasks:
             yield "not a script"
 
-    golem = local()
+    golem = one_provider(net)
     with pytest.raises(RuntimeError, match="start the Golem first"):
         async for _ in golem.execute_tasks(worker, ["x"], payload=PAYLOAD):
             pass

@@ -37,6 +37,10 @@ def add_parser(commands: Any) -> None:
                     help=f"time for all daemons to answer (default: {READY_TIMEOUT_S:.0f})")
     up.add_argument("--no-agents", action="store_true",
                     help="start the daemons only, without the Python providers")
+    up.add_argument("--strict-images", action="store_true",
+                    help="providers refuse demands that name an image they do not have "
+                         "(default: they run such images on the host system image, so other "
+                         "SDKs' examples run unchanged)")
     up.set_defaults(handler=_up)
     status = sub.add_parser("status", parents=[where], help="show the devnet's processes")
     status.set_defaults(handler=_status)
@@ -54,7 +58,7 @@ def _up(args: argparse.Namespace) -> int:
         return _fail(exc, 1)
     if not args.no_agents:
         try:
-            devnet.start_providers()
+            devnet.start_providers(dev_images=not args.strict_images)
         except BaseException as exc:
             devnet.down()
             if isinstance(exc, Exception):

@@ -35,6 +35,11 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--price-start", type=float, default=0.0, help="fixed price per activity")
     run.add_argument("--debit-note-interval", type=float, default=60.0)
     run.add_argument("--inet", action="store_true", help="allow activities that ask for network")
+    run.add_argument("--dev-images", action="store_true",
+                     default=os.environ.get("WORKGEN_DEV_IMAGES") == "1",
+                     help="run demands that name an image this provider does not have on the "
+                          "host system image (development mode; also WORKGEN_DEV_IMAGES=1), "
+                          "instead of refusing them")
     run.add_argument("--overcharge", type=float, default=1.0, metavar="FACTOR",
                      help="bill FACTOR times the agreed price (a dishonest provider, for "
                           "testing that requestors reject such bills)")
@@ -42,6 +47,7 @@ def add_parser(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..provider.images import ImageResolver, ImageStore
     from ..provider.offer import ProviderConfig
     from ..provider.yagna import YagnaApiError, run_provider
 
@@ -65,7 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(run_provider(config, api_url=args.api_url, appkey=args.appkey,
                                  gsb_url=args.gsb_url, subnet=args.subnet,
                                  debit_note_interval=args.debit_note_interval,
-                                 overcharge=args.overcharge))
+                                 overcharge=args.overcharge,
+                                 images=ImageResolver(ImageStore(), dev_images=args.dev_images)))
     except YagnaApiError as exc:
         print(f"workgen provider: the yagna node failed: {exc}")
         return 1

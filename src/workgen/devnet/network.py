@@ -231,11 +231,14 @@ class Devnet:
         return agent
 
     def start_providers(self, *, debit_note_interval: float = 60.0,
-                        nodes: Sequence[str] | None = None) -> list[AgentState]:
+                        nodes: Sequence[str] | None = None,
+                        dev_images: bool = True) -> list[AgentState]:
         """Starts one Python provider (``workgen provider run``) on each provider node (or on
         the ``nodes`` named).
 
-        Their resources and prices vary as the local network's default providers' do.
+        Their resources and prices vary as the local network's default providers' do. With
+        ``dev_images`` they run a demand's image they don't have on the host system image
+        (other SDKs always name an image); without, they refuse such demands.
         """
         from ..provider.offer import default_provider_configs
         from ..protocol.properties import USAGE_CPU_SEC, USAGE_DURATION_SEC
@@ -255,6 +258,7 @@ class Devnet:
                 "--price-cpu", str(prices.get(USAGE_CPU_SEC, 0)),
                 "--price-start", str(config.pricing.fixed_price),
                 "--debit-note-interval", str(debit_note_interval),
+                *(["--dev-images"] if dev_images else []),
             ]
             agents.append(self.start_agent(f"agent-{node.name}", node.name, argv))
         return agents

@@ -4,7 +4,7 @@ and the provider on a yagna node).
 The properties are Golem's (``golem.inf.*``, ``golem.runtime.*``, ``golem.com.*``, ...), so a
 demand, a strategy or a payload behaves the same locally and on Golem. Two are our own:
 :data:`INET` (a demand asks for outbound network access) and the image tag of
-:mod:`workgen.backends.local.images`.
+:mod:`workgen.provider.images`.
 """
 
 from __future__ import annotations

@@ -112,6 +112,7 @@ class WorkContext:
 
     async def _execute(self, script: Script, steps: list[_Step]) -> list[Result]:
         commands = [await step.build(self._backend.storage) for step in steps]
+        sent_at = utc_now()
         batch = await self._backend.exec(self._activity, commands, script.timeout)
         self._emit(events.ScriptSent(job_id=self._job_id, activity_id=self.id, batch_id=batch.id,
                                      commands=tuple(c.to_json() for c in commands)))
@@ -143,6 +144,16 @@ class WorkContext:
                 f"script on {self.provider_name} ran past its {script.timeout}s timeout"
             ) from None
         by_index = {r.index: r for r in raw}
+        if not started:
+            # Without runtime events, a command is known to start when the one before it ended
+            # (a batch runs its commands in order), the first one when the batch was sent.
+            # The provider's clock may differ from ours: never start after the end.
+            previous = sent_at
+            for index in range(len(steps)):
+                if index in by_index:
+                    finished = by_index[index].event_date
+                    started[index] = min(previous, finished)
+                    previous = finished
         results: list[Result] = []
         failure: BatchError | None = None
         for index, (step, command) in enumerate(zip(steps, commands)):

@@ -86,7 +86,7 @@ class Golem:
         self.budget = Budget(amount)
         self._backend = backend
         self.strategy = strategy or default_strategy()
-        self.subnet_tag = subnet_tag or os.environ.get("YAGNA_SUBNET") or "public"
+        self._subnet_tag = subnet_tag
         if event_consumer is None:
             from .display import ProgressDisplay
 
@@ -109,6 +109,14 @@ class Golem:
         if self._backend is None:
             self._backend = _backend_from_env()
         return self._backend
+
+    @property
+    def subnet_tag(self) -> str:
+        """The subnet demands are published on: the one given, else the backend's (a yagna
+        backend's comes from ``YAGNA_SUBNET``), else ``YAGNA_SUBNET``, else ``public``."""
+        backend_subnet = getattr(self.backend, "subnet", None)
+        return (self._subnet_tag or (backend_subnet if isinstance(backend_subnet, str) else None)
+                or os.environ.get("YAGNA_SUBNET") or "public")
 
     def _emit(self, event: events.Event) -> None:
         try:

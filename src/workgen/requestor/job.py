@@ -74,6 +74,9 @@ class Job:
         self._agreement_ended = asyncio.Condition()
         self._free_when_short: Decimal | None = None
         self._active_agreements = 0
+        # Reservations held by signings still under way: they are money about to work, so a
+        # slot short of budget must wait for them as for running agreements.
+        self._signing_reserved = 0
 
     def _emit(self, event: events.Event) -> None:
         self.golem._emit(event)
@@ -129,7 +132,7 @@ class Job:
                 # What is free did not suffice last time: wait for a running agreement to end
                 # and give back what it did not use; with none running, the job is over.
                 await self.queue.release_claim()
-                if self._active_agreements == 0:
+                if self._active_agreements == 0 and self._signing_reserved == 0:
                     await self.golem._invoices_settled()
                     if self._budget_may_suffice():
                         continue
@@ -147,7 +150,7 @@ class Job:
                     return
                 # The budget could not cover the best offer's terms.
                 self._free_when_short = self.golem.budget.free
-                if self._active_agreements == 0:
+                if self._active_agreements == 0 and self._signing_reserved == 0:
                     await self.golem._invoices_settled()
                     if self.golem.budget.free > self._free_when_short:
                         continue  # settled invoices gave some back: try again
@@ -155,6 +158,7 @@ class Job:
                 await self._wait_for_an_agreement_to_end()
                 continue
             agreement, reservation = signed
+            self._signing_reserved -= 1
             self._free_when_short = None
             first = self.queue.take_claimed()
             if first is None:  # the others took it all meanwhile
@@ -185,7 +189,14 @@ class Job:
             pricing = LinearPricing.from_properties(proposal.properties)
         except ValueError:
             return None  # the strategy let through terms we cannot bound; don't sign them
-        return self.golem.budget.open(pricing, dict(proposal.properties))
+        reservation = self.golem.budget.open(pricing, dict(proposal.properties))
+        if reservation is not None:
+            self._signing_reserved += 1
+        return reservation
+
+    def _release(self, reservation: AgreementBudget) -> None:
+        self._signing_reserved -= 1
+        reservation.close(Decimal(0))
 
     async def _wait_for_an_agreement_to_end(self) -> None:
         async with self._agreement_ended:
@@ -198,7 +209,7 @@ class Job:
         sign: asyncio.Task[tuple[Agreement, AgreementBudget] | None] | None = None
         try:
             async with task_scope() as tg:
-                sign = tg.create_task(market.sign(self._reserve, lambda r: r.close(Decimal(0))))
+                sign = tg.create_task(market.sign(self._reserve, self._release))
                 over = tg.create_task(self.queue.all_done.wait())
                 await asyncio.wait({sign, over}, return_when=asyncio.FIRST_COMPLETED)
                 if sign.done():
@@ -209,7 +220,7 @@ class Job:
             # Cancelled, maybe just as the signing finished: undo what it did.
             if sign is not None and sign.done() and not sign.cancelled() \
                     and sign.exception() is None and (signed := sign.result()) is not None:
-                signed[1].close(Decimal(0))
+                self._release(signed[1])
                 await self.golem._end_agreement(signed[0], None, "job closed")
             raise
         if sign.cancelled():

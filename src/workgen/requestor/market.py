@@ -50,17 +50,24 @@ class Market:
         self.offers_seen = 0
         self.agreements_made = 0
         self._closed = False
+        # Per provider: negotiating (an offer answered, no draft or refusal yet), or refused
+        # (why, by us or by them). When every provider refused, waiting on is pointless.
+        self._pending: set[str] = set()
+        self._refused: dict[str, str] = {}
+        self._names: dict[str, str] = {}
 
     async def _negotiate(self) -> None:
         async for event in self._sub:
             if isinstance(event, Proposal):
                 await self._on_proposal(event)
             else:
+                name = self._names.get(event.issuer_id, event.issuer_id[:10])
                 self._emit(events.ProposalRejected(
                     job_id=self._job_id, proposal_id=event.proposal_id,
-                    provider_id=event.issuer_id, provider_name=event.issuer_id[:10],
+                    provider_id=event.issuer_id, provider_name=name,
                     reason=event.reason, by_provider=True))
                 self._strategy.report_failure(event.issuer_id, event.reason)
+                await self._refuse(event.issuer_id, f"{name} refused: {event.reason}")
         self._closed = True
         async with self._changed:
             self._changed.notify_all()
@@ -70,8 +77,13 @@ class Market:
         self._emit(events.ProposalReceived(
             job_id=self._job_id, proposal_id=proposal.id, provider_id=proposal.issuer_id,
             provider_name=proposal.provider_name, draft=draft))
+        self._names[proposal.issuer_id] = proposal.provider_name
         if not draft:
             self.offers_seen += 1
+            self._pending.add(proposal.issuer_id)
+            self._refused.pop(proposal.issuer_id, None)
+        else:
+            self._pending.discard(proposal.issuer_id)
         score = await self._strategy.score_offer(proposal)
         if score <= SCORE_REJECTED:
             reason = "rejected by the market strategy (price or policy)"
@@ -80,6 +92,7 @@ class Market:
                 provider_name=proposal.provider_name, reason=reason))
             with contextlib.suppress(Exception):
                 await self._backend.reject_proposal(self._sub, proposal, reason)
+            await self._refuse(proposal.issuer_id, f"{proposal.provider_name}: {reason}")
             return
         if draft:
             self._scores[proposal.id] = score
@@ -90,20 +103,32 @@ class Market:
         else:
             await self._backend.counter_proposal(self._sub, proposal, self._demand)
 
+    async def _refuse(self, issuer_id: str, why: str) -> None:
+        self._pending.discard(issuer_id)
+        self._refused[issuer_id] = why
+        async with self._changed:
+            self._changed.notify_all()
+
     async def _next_draft(self) -> Proposal:
         async with self._changed:
             while not self._drafts:
                 if self._closed:
                     raise NoProvidersError("the demand's subscription ended")
                 remaining = self._startup_timeout - (time.monotonic() - self._started)
-                if self.agreements_made == 0 and self.offers_seen == 0 and remaining <= 0:
-                    raise NoProvidersError(
-                        f"no provider's offer matched the demand within "
-                        f"{self._startup_timeout:g}s (constraints: {self._demand.constraints})"
-                    )
+                starting = self.agreements_made == 0
+                if starting and remaining <= 0:
+                    if self.offers_seen == 0:
+                        raise NoProvidersError(
+                            f"no provider's offer matched the demand within "
+                            f"{self._startup_timeout:g}s (constraints: "
+                            f"{self._demand.constraints})")
+                    if not self._pending:
+                        raise NoProvidersError(
+                            f"no provider took the demand within {self._startup_timeout:g}s: "
+                            + "; ".join(sorted(self._refused.values())))
                 try:
-                    async with asyncio.timeout(remaining if self.offers_seen == 0
-                                               and self.agreements_made == 0 else None):
+                    async with asyncio.timeout(remaining if starting and remaining > 0
+                                               else None):
                         await self._changed.wait()
                 except TimeoutError:
                     continue
@@ -134,6 +159,8 @@ class Market:
                 self._emit(events.AgreementRejected(
                     job_id=self._job_id, provider_id=proposal.issuer_id,
                     provider_name=proposal.provider_name, reason=str(exc)))
+                await self._refuse(proposal.issuer_id,
+                                   f"{proposal.provider_name} rejected the agreement: {exc}")
                 continue
             except BaseException:
                 release(reservation)

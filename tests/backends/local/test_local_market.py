@@ -149,7 +149,7 @@ async def test_a_registered_image_gives_the_activity_its_rootfs(tmp_path: Path) 
 async def test_dev_mode_runs_an_unknown_image_on_the_host_image_with_one_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="workgen.backends.local.images")
+    caplog.set_level(logging.WARNING, logger="workgen.provider.images")
     async with LocalNetwork(1, dev_images=True) as net:
         _, demand = await paid_demand(
             net, props={TASK_PACKAGE: f"hash:sha3:{IMAGE_HASH}:http://h/x.gvmi"})

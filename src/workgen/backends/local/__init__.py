@@ -5,7 +5,7 @@ agreements, sandboxed activities, debit notes, invoices and a budget-enforcing l
 """
 
 from ...provider.offer import INET, ProviderConfig, default_provider_configs
-from .images import DEV_IMAGES_ENV, IMAGE_TAG, ImageStore
+from ...provider.images import DEV_IMAGES_ENV, IMAGE_TAG, ImageStore
 from .ledger import PLATFORM, Ledger, Payment
 from .network import LocalNetwork
 from .provider import LocalProvider, ProviderAgreement

@@ -5,7 +5,7 @@ are matched with Golem's constraint language, providers negotiate, approve agree
 activities in real sandboxed execution units (:mod:`.activity`), send debit notes from measured
 usage and one invoice per agreement, and the requestor pays them from a ledger that enforces
 the budget (:mod:`.ledger`). Files move by ``file://`` URLs (:mod:`.storage`); images come from
-an image store (:mod:`.images`).
+an image store (:mod:`workgen.provider.images`).
 
 Concurrency: the network owns one :class:`asyncio.TaskGroup`, entered by :meth:`start` and
 left by :meth:`aclose`; every background task (each activity's execution unit, each
@@ -41,7 +41,7 @@ from ...protocol.results import utc_now
 from ...provider.exeunit.unit import ExeUnit
 from .activity import ActivityRecord
 from ...provider.offer import ProviderConfig, default_provider_configs
-from .images import DEV_IMAGES_ENV, ImageResolver, ImageStore
+from ...provider.images import DEV_IMAGES_ENV, ImageResolver, ImageStore
 from .ledger import Ledger, new_address
 from .market import Market, ParsedDemand, new_id
 from .payments import PaymentChannel
@@ -98,7 +98,10 @@ class LocalNetwork:
         self.storage = LocalStorage(work_root)
         self._configs = configs
         self._work_root = work_root
-        self._resolver = ImageResolver(self.images, dev_images=self.dev_images)
+        self._resolver = ImageResolver(
+            self.images, dev_images=self.dev_images, owner="the local network",
+            remedy="or run in development mode (LocalNetwork(dev_images=True) or "
+                   f"{DEV_IMAGES_ENV}=1) to use the host system image instead")
         self._market = Market()
         self._providers: dict[str, LocalProvider] = {}
         self._agreements: dict[str, LocalProvider] = {}

@@ -59,6 +59,9 @@ class _Subscription:
         self.demand = demand
         self.id = sub_id
         self._closed = False
+        # Our counter-proposals' ids and the providers they went to: a provider's rejection
+        # names only the proposal.
+        self.countered: dict[str, str] = {}
 
     async def __aiter__(self) -> AsyncIterator[MarketEvent]:
         while not self._closed:
@@ -78,8 +81,9 @@ class _Subscription:
                     yield _proposal(event["proposal"])
                 elif kind == "ProposalRejectedEvent":
                     reason = (event.get("reason") or {}).get("message", "rejected")
-                    yield ProposalRejectedEvent(proposal_id=event.get("proposalId", ""),
-                                                issuer_id=event.get("issuerId", "") or "",
+                    proposal_id = event.get("proposalId", "")
+                    issuer = self.countered.pop(proposal_id, None) or event.get("issuerId", "")
+                    yield ProposalRejectedEvent(proposal_id=proposal_id, issuer_id=issuer or "",
                                                 reason=reason)
 
     async def aclose(self) -> None:
@@ -146,7 +150,22 @@ class _Batch:
             results = [CommandResult.from_json(d) for d in docs or []]
             if results and (results[-1].is_batch_finished or not results[-1].ok
                             or results[-1].index >= self._size - 1):
+                if not results[-1].ok:
+                    await self._check_alive()
                 return results
+
+    async def _check_alive(self) -> None:
+        """Raises :class:`ActivityLost` if the activity has ended on its provider: a command that
+        failed because its provider's side broke is the activity's loss, not the command's."""
+        try:
+            doc = await self._api.get(f"/activity-api/v1/activity/{self._activity.id}/state")
+        except ApiError as exc:
+            raise _activity_error(self._activity, exc.status) from exc
+        state = (doc.get("state") or [None])[0] if isinstance(doc, dict) else None
+        if state in ("Terminated", "Unresponsive"):
+            reason = doc.get("reason") or doc.get("errorMessage") or "no reason given"
+            raise ActivityLost(f"activity {self._activity.id} is {state} on its provider: "
+                               f"{reason}", activity_id=self._activity.id)
 
     async def cancel(self) -> None:
         # yagna has no batch cancellation in its REST API; the batch's timeout still applies.
@@ -405,10 +424,16 @@ class Yagna:
     async def counter_proposal(self, subscription: Any, proposal: Proposal,
                                demand: Demand) -> None:
         try:
-            await self.api.post(f"/market-api/v1/demands/{subscription.id}/proposals/"
-                                f"{proposal.id}", json=_demand_doc(demand))
+            counter_id = await self.api.post(f"/market-api/v1/demands/{subscription.id}/"
+                                             f"proposals/{proposal.id}", json=_demand_doc(demand))
         except ApiError as exc:
             log.info("countering %s failed: %s", proposal.provider_name, exc)
+            return
+        if isinstance(counter_id, str) and isinstance(subscription, _Subscription):
+            countered = subscription.countered
+            countered[counter_id] = proposal.issuer_id
+            if len(countered) > 10_000:  # a long job answers many offers: keep the newest
+                del countered[next(iter(countered))]
 
     async def reject_proposal(self, subscription: Any, proposal: Proposal, reason: str) -> None:
         await self.api.post(f"/market-api/v1/demands/{subscription.id}/proposals/{proposal.id}"

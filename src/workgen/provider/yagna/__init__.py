@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from ...gsb import open_gsb
+from ..images import ImageResolver
 from ..offer import ProviderConfig
 from .agent import PLATFORM, ProviderAgent
 from .rest import RestClient, YagnaApiError
@@ -21,8 +22,11 @@ log = logging.getLogger(__name__)
 
 async def run_provider(config: ProviderConfig, *, api_url: str, appkey: str, gsb_url: str,
                        subnet: str = "public", debit_note_interval: float = 60.0,
-                       work_root: Path | None = None, overcharge: float = 1.0) -> None:
-    """Run a provider agent on the yagna node at ``api_url``/``gsb_url`` until cancelled."""
+                       work_root: Path | None = None, overcharge: float = 1.0,
+                       images: ImageResolver | None = None) -> None:
+    """Run a provider agent on the yagna node at ``api_url``/``gsb_url`` until cancelled.
+
+    ``images`` resolves demands' images (by default only the host image is offered)."""
     rest = RestClient(api_url, appkey)
     try:
         me = await rest.get("/me")
@@ -30,7 +34,7 @@ async def run_provider(config: ProviderConfig, *, api_url: str, appkey: str, gsb
         async with open_gsb(gsb_url, name=f"workgen-provider-{config.name}") as bus:
             agent = ProviderAgent(config, rest, bus, node_id, subnet=subnet,
                                   debit_note_interval=debit_note_interval, work_root=work_root,
-                                  overcharge=overcharge)
+                                  overcharge=overcharge, images=images)
             log.info("provider %s on node %s", config.name, node_id)
             await agent.run()
     finally:

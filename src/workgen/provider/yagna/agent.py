@@ -25,14 +25,16 @@ from typing import Any
 
 from ..._aio import task_scope
 from ...gftp import GftpScheme
+from ...errors import ImageNotFound
 from ...gsb import GsbClient, GsbError
 from ...protocol.constraints import ConstraintSyntaxError, match, parse_constraints
 from ...protocol.pricing import LinearPricing
 from ...protocol.properties import (
     COM_PAYMENT_CHOSEN_PLATFORM, COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC, NODE_DEBUG_SUBNET, SRV_COMP_EXPIRATION,
-    SRV_COMP_TASK_PACKAGE, flatten_properties,
+    flatten_properties,
 )
 from ..exeunit.unit import ActivityState, ExeUnit, ExeUnitConfig
+from ..images import ImageResolver, ImageStore
 from ..offer import ProviderConfig, asks_for_inet, offer_properties
 from ..runtime.sandbox import Resources
 from .rest import RestClient, YagnaApiError
@@ -62,12 +64,41 @@ class _Activity:
     final_usage: dict[str, float] | None = None
 
 
+class _States:
+    """An activity's state changes, reported to the daemon in order; :meth:`settled` waits
+    until the daemon has the latest."""
+
+    SETTLE_TIMEOUT = 5.0
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[ActivityState] = asyncio.Queue()
+        self.changes = 0
+        self.reported = 0
+        self._done = asyncio.Condition()
+
+    def changed(self, state: ActivityState) -> None:
+        self.changes += 1
+        self.queue.put_nowait(state)
+
+    async def mark_reported(self, changes: int) -> None:
+        async with self._done:
+            self.reported = max(self.reported, changes)
+            self._done.notify_all()
+
+    async def settled(self) -> None:
+        # Bounded: a daemon that does not take the report must not hold results back.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.SETTLE_TIMEOUT), self._done:
+                await self._done.wait_for(lambda: self.reported >= self.changes)
+
+
 @dataclass
 class _Agreement:
     id: str
     pricing: LinearPricing
     debit_note_interval: float
     inet: bool
+    rootfs: Path | None
     activities: dict[str, _Activity] = field(default_factory=dict)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -76,8 +107,9 @@ class ProviderAgent:
     def __init__(self, config: ProviderConfig, rest: RestClient, bus: GsbClient, node_id: str,
                  *, subnet: str = "public", platform: str = PLATFORM,
                  debit_note_interval: float = 60.0, work_root: Path | None = None,
-                 overcharge: float = 1.0):
+                 overcharge: float = 1.0, images: ImageResolver | None = None):
         self.config = config
+        self._images = images or ImageResolver(ImageStore(), dev_images=False)
         self.node_id = node_id
         self._rest = rest
         self._bus = bus
@@ -100,6 +132,7 @@ class ProviderAgent:
         async with task_scope() as tg:
             self._tg = tg
             try:
+                await self._withdraw_stale_offers()
                 await self._publish_offer()
                 tg.create_task(self._market_loop())
                 tg.create_task(self._agreement_events())
@@ -131,6 +164,20 @@ class ProviderAgent:
         self._offer_id = await self._rest.post("/market-api/v1/offers", json=self._offer())
         self._offer_ready.set()
         log.info("%s: offer %s published", self.config.name, self._offer_id)
+
+    async def _withdraw_stale_offers(self) -> None:
+        """Offers left on the node by an agent that died: nobody would answer for them."""
+        try:
+            stale = await self._rest.get("/market-api/v1/offers")
+        except YagnaApiError as exc:
+            log.warning("%s: listing the node's offers failed: %s", self.config.name, exc)
+            return
+        for offer in stale or []:
+            offer_id = offer.get("offerId") if isinstance(offer, dict) else None
+            if offer_id:
+                log.info("%s: withdrawing stale offer %s", self.config.name, offer_id)
+                with contextlib.suppress(YagnaApiError):
+                    await self._rest.delete(f"/market-api/v1/offers/{offer_id}")
 
     async def _withdraw_offer(self) -> None:
         # While busy the provider has nothing to offer; a fresh offer when it is free again
@@ -195,9 +242,10 @@ class ProviderAgent:
             # The daemon refuses debit notes and invoices without an agreed platform.
             return (f"payment platform {chosen!r} is not taken here (this provider takes "
                     f"{self._platform!r})"), self._interval
-        if SRV_COMP_TASK_PACKAGE in demand:
-            log.warning("%s: demand names an image (%s); running it on the host image",
-                        self.config.name, demand[SRV_COMP_TASK_PACKAGE])
+        try:
+            self._images.resolve(demand)
+        except ImageNotFound as exc:
+            return str(exc), self._interval
         interval = demand.get(COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC, self._interval)
         if not isinstance(interval, (int, float)) or interval < MIN_DEBIT_NOTE_INTERVAL:
             return f"debit-note interval must be at least {MIN_DEBIT_NOTE_INTERVAL}s", self._interval
@@ -218,9 +266,16 @@ class ProviderAgent:
                                  parse_constraints(demand.get("constraints") or "(&)"))
         except ConstraintSyntaxError:
             inet = False
+        try:
+            rootfs = self._images.resolve(flatten_properties(demand.get("properties") or {}))
+        except ImageNotFound as exc:
+            with contextlib.suppress(YagnaApiError):
+                await self._rest.post(f"/market-api/v1/agreements/{agreement_id}/reject",
+                                      json={"message": str(exc)})
+            return
         agreement = _Agreement(agreement_id, LinearPricing.from_properties(offer),
                                float(interval) if isinstance(interval, (int, float))
-                               else self._interval, inet and self.config.inet)
+                               else self._interval, inet and self.config.inet, rootfs)
         self._agreement = agreement
         try:
             await self._rest.post(f"/market-api/v1/agreements/{agreement_id}/approve",
@@ -334,7 +389,7 @@ class ProviderAgent:
             resources=Resources(mem_gib=self.config.mem_gib, storage_gib=self.config.storage_gib,
                                 max_processes=self.config.max_processes,
                                 cpu_threads=self.config.cpu_threads),
-            inet=agreement.inet, work_root=self._work_root,
+            inet=agreement.inet, rootfs=agreement.rootfs, work_root=self._work_root,
             hostname=name if _HOSTNAME.fullmatch(name) else "golem-provider",
             remote_schemes={"gftp": GftpScheme(self._bus)})
         activity = _Activity(activity_id, ExeUnit(activity_id, config))
@@ -344,10 +399,10 @@ class ProviderAgent:
     async def _hold(self, activity: _Activity, agreement: _Agreement) -> None:
         """The activity's life: serve it on the GSB, report state and usage, until closed."""
         unit = activity.unit
-        states: asyncio.Queue[ActivityState] = asyncio.Queue()
-        unit.on_state = states.put_nowait
+        states = _States()
+        unit.on_state = states.changed
         address = service_address(activity.id)
-        service = ExeUnitService(unit, agreement.pricing.usage_vector)
+        service = ExeUnitService(unit, agreement.pricing.usage_vector, settled=states.settled)
         try:
             async with unit, task_scope() as tg:
                 await self._bus.register(address, service.handle)
@@ -364,14 +419,17 @@ class ProviderAgent:
                 await self._set_state(activity.id, activity_state(unit))
             activity.closed.set()
 
-    async def _report(self, unit: ExeUnit, states: asyncio.Queue[ActivityState],
-                      agreement: _Agreement) -> None:
+    async def _report(self, unit: ExeUnit, states: _States, agreement: _Agreement) -> None:
         """State changes as they happen; usage at least every second (the daemon's rule)."""
         while True:
             try:
                 async with asyncio.timeout(USAGE_EVERY):
-                    await states.get()
+                    await states.queue.get()
+                while not states.queue.empty():  # one report covers changes made meanwhile
+                    states.queue.get_nowait()
+                changes = states.changes
                 await self._set_state(unit.activity_id, activity_state(unit))
+                await states.mark_reported(changes)
             except TimeoutError:
                 pass
             usage = await usage_report(unit, agreement.pricing.usage_vector)

@@ -10,7 +10,7 @@ its ``RpcMessageError`` kinds, spelled as the daemon reads them (``badRequest``,
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ...gsb import GsbHandlerError
@@ -31,9 +31,13 @@ def _error(kind: str, detail: object) -> GsbHandlerError:
 class ExeUnitService:
     """Answers the exe unit's GSB messages for one activity."""
 
-    def __init__(self, unit: ExeUnit, usage_vector: tuple[str, ...]):
+    def __init__(self, unit: ExeUnit, usage_vector: tuple[str, ...],
+                 settled: Callable[[], Awaitable[None]] | None = None):
         self.unit = unit
         self.usage_vector = usage_vector
+        # Awaited before results go out: a requestor that sees a batch fail and asks the
+        # daemon for the activity's state must find the state that explains the failure.
+        self._settled = settled
 
     def handle(self, address: str, caller: str, payload: Any) -> Any:
         """The GSB handler (see :data:`workgen.gsb.client.Handler`)."""
@@ -84,6 +88,8 @@ class ExeUnitService:
         except TimeoutError:
             # A variant without data: the bare name, which the daemon turns into a 408.
             raise GsbHandlerError("timeout") from None
+        if self._settled is not None and results and not results[-1].ok:
+            await self._settled()
         return [r.to_json() for r in results]
 
     async def _stream(self, payload: Any) -> AsyncIterator[dict[str, Any]]:
@@ -96,6 +102,8 @@ class ExeUnitService:
         async with subscription as events:
             async for event in events:
                 yield event.to_json()
+        if self._settled is not None:
+            await self._settled()
 
     async def _running(self, payload: Any) -> list[dict[str, Any]]:
         self._check_activity(payload)

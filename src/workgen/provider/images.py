@@ -1,11 +1,12 @@
-"""The local network's image store: which root filesystem an activity's sandbox runs on.
+"""A provider's image store: which root filesystem an activity's sandbox runs on.
 
 A demand names its image as Golem's payloads do, with ``golem.srv.comp.task_package``
-(``hash:sha3:<hex>:<url>``), and/or with :data:`IMAGE_TAG` (``golem.srv.comp.vm.image_tag``, our
-own property) naming a tag. The store maps hashes and tags to root directories registered with
+(``hash:sha3:<hex>:<url>``), and/or with :data:`IMAGE_TAG` (``golem.srv.comp.vm.image_tag``)
+naming a tag. The store maps hashes and tags to root directories registered with
 :meth:`ImageStore.register`. A demand that names no image runs on the host's system directories
 (the *host image*). An image that cannot be resolved is :class:`~workgen.errors.ImageNotFound`,
 unless development mode is on: then it runs on the host image and one warning line says so.
+Both the local network's providers and the Python provider on yagna resolve images here.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import ImageNotFound
-from ...protocol.properties import SRV_COMP_TASK_PACKAGE
+from ..errors import ImageNotFound
+from ..protocol.properties import SRV_COMP_TASK_PACKAGE, SRV_COMP_VM_IMAGE_TAG
 
 log = logging.getLogger(__name__)
 
-IMAGE_TAG = "golem.srv.comp.vm.image_tag"
-"""Demand property naming an image by tag (a workgen extension; yagna ignores it)."""
+IMAGE_TAG = SRV_COMP_VM_IMAGE_TAG
+"""Demand property naming an image by tag."""
 
 DEV_IMAGES_ENV = "WORKGEN_DEV_IMAGES"
 """Set to ``1`` to run unknown images on the host image (development mode)."""
@@ -128,9 +129,13 @@ class ImageStore:
 class ImageResolver:
     """Resolves demands to roots for one network, warning once per image in development mode."""
 
-    def __init__(self, store: ImageStore, *, dev_images: bool):
+    def __init__(self, store: ImageStore, *, dev_images: bool, owner: str = "this provider",
+                 remedy: str = f"or run in development mode ({DEV_IMAGES_ENV}=1) to use the "
+                               "host system image instead"):
         self.store = store
         self.dev_images = dev_images
+        self._owner = owner
+        self._remedy = remedy
         self._warned: set[ImageRequest] = set()
 
     def resolve(self, properties: Mapping[str, object]) -> Path | None:
@@ -149,10 +154,9 @@ class ImageResolver:
             return root
         if not self.dev_images:
             raise ImageNotFound(
-                f"image {request.describe()} is not in the local network's image store: "
+                f"image {request.describe()} is not in {self._owner}'s image store: "
                 "register its root directory with ImageStore.register(rootfs, hash=..., "
-                "tags=[...]), or run in development mode (LocalNetwork(dev_images=True) or "
-                f"{DEV_IMAGES_ENV}=1) to use the host system image instead"
+                f"tags=[...]), {self._remedy}"
             )
         if request not in self._warned:
             self._warned.add(request)
