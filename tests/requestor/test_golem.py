@@ -188,6 +188,35 @@ async def test_script_timeout_raises_batch_timeout_at_yield(net: Network) -> Non
     assert len(caught) == 1
 
 
+async def test_a_timed_out_script_does_not_hold_up_later_tasks(net: Network) -> None:
+    rec = Recorder()
+    timed_out: list[str] = []
+
+    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = context.new_script(timeout=1 if task.data == 0 else None)
+            script.run("/bin/sh", "-c", "sleep 30" if task.data == 0 else "echo ok")
+            try:
+                yield script
+            except BatchTimeoutError:
+                timed_out.append(context.id)
+                task.reject_result("too slow", retry=False)
+                continue
+            task.accept_result(context.id)
+
+    async with net.golem(rec, providers=1) as g:
+        done = await collect(g, worker, range(3), max_workers=1)
+    assert sorted(t.data for t in done) == [1, 2] and len(timed_out) == 1
+    destroyed = [e.activity_id for e in rec.of(events.ActivityDestroyed)]
+    if net.kind == "local":
+        # The command was killed: the activity goes on with the next tasks.
+        assert {t.result for t in done} == set(timed_out)
+    else:
+        # yagna cannot stop a batch: its activity is ended, which stops it, and the next
+        # tasks get a new one.
+        assert timed_out[0] in destroyed and timed_out[0] not in {t.result for t in done}
+
+
 async def test_job_timeout_ends_the_job_and_reports_its_tasks(net: Network) -> None:
     rec = Recorder()
 

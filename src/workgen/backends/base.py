@@ -125,7 +125,10 @@ class BatchHandle(Protocol):
         """
         ...
 
-    async def cancel(self) -> None: ...
+    async def cancel(self) -> bool:
+        """Stop the batch's running command; False if the backend has no way to (the batch
+        then runs on until its activity ends)."""
+        ...
 
 
 # -- payment -------------------------------------------------------------------------------

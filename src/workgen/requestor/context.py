@@ -46,6 +46,8 @@ class WorkContext:
         self._emit = emit
         self._stream_output = stream_output
         self._created = utc_now()
+        self._retired = False
+        """Set when a script could not be stopped: the activity takes no further tasks."""
 
     def __repr__(self) -> str:
         return f"WorkContext(activity={self.id}, provider={self.provider_name})"
@@ -138,8 +140,13 @@ class WorkContext:
                             else "stderr", output=kind.output))
                 raw = await batch.results()
         except TimeoutError:
+            stopped = False
             with contextlib.suppress(Exception):
-                await batch.cancel()
+                stopped = await batch.cancel()
+            if not stopped:
+                # The command runs on (and is billed) until the activity ends: end it after
+                # this task rather than run more work beside it.
+                self._retired = True
             raise BatchTimeoutError(
                 f"script on {self.provider_name} ran past its {script.timeout}s timeout"
             ) from None

@@ -254,6 +254,10 @@ class Job:
                         if await self._drive(ctx, task, reservation, deadline):
                             reason = "the agreement used its share of the budget"
                             return
+                        if ctx._retired:
+                            reason = ("a timed-out script could not be stopped on the provider; "
+                                      "ending its activity stops it")
+                            return
                         pending = await self.queue.get()
                 finally:
                     extender.cancel()
@@ -349,6 +353,8 @@ class Job:
             for done in [t for t in held if t.status is not TaskStatus.RUNNING]:
                 held.remove(done)
                 await self._settle(done)
+            if ctx._retired:
+                return
             task = await self.queue.get()
 
     # -- settling tasks ----------------------------------------------------------------------

@@ -197,9 +197,10 @@ class LocalBatch:
                                f"{self.id} without a result", activity_id=activity_id)
         return results
 
-    async def cancel(self) -> None:
+    async def cancel(self) -> bool:
         if not self._record.closed:
             await self._record.unit.cancel(self.id)
+        return True
 
 
 class _Events:

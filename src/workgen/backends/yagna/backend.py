@@ -167,9 +167,9 @@ class _Batch:
             raise ActivityLost(f"activity {self._activity.id} is {state} on its provider: "
                                f"{reason}", activity_id=self._activity.id)
 
-    async def cancel(self) -> None:
-        # yagna has no batch cancellation in its REST API; the batch's timeout still applies.
-        return None
+    async def cancel(self) -> bool:
+        # yagna's REST API cannot stop a batch: only ending its activity does.
+        return False
 
 
 def _activity_error(activity: Activity, status: int) -> Exception:
