@@ -15,8 +15,10 @@ import pytest
 from support.networks import Network, Recorder
 from workgen import (
     ActivityLost, BatchTimeoutError, BudgetExhausted, CommandExecutionError, Golem,
-    JobTimeoutError, NoProvidersError, Task, TaskStatus, WorkContext, events, vm,
+    JobTimeoutError, NoProvidersError, ProviderFilter, Task, TaskStatus, WorkContext, events,
+    vm,
 )
+from workgen.requestor.strategy import default_strategy
 
 
 PAYLOAD = vm.repo(min_mem_gib=0.5)
@@ -228,7 +230,7 @@ async def test_job_timeout_ends_the_job_and_reports_its_tasks(net: Network) -> N
             task.accept_result()
 
     # Long enough for the tasks to start (offers take seconds to travel on the devnet).
-    timeout = 1.0 if net.kind == "local" else 12.0
+    timeout = 1.0 if net.kind == "local" else 20.0
     async with net.golem(rec) as g:
         with pytest.raises(JobTimeoutError):
             await collect(g, worker, range(3), timeout=timeout)
@@ -243,6 +245,17 @@ async def test_constraints_no_offer_satisfies_are_a_clear_error(net: Network) ->
             async for _ in g.execute_tasks(date_worker, [Task(None)],
                                            payload=vm.repo(min_mem_gib=512)):
                 pass
+
+
+async def test_every_provider_refused_is_a_clear_error_with_their_reasons(net: Network) -> None:
+    rec = Recorder()
+    nobody = ProviderFilter(default_strategy(), allow=["nobody"])
+    async with net.golem(rec, strategy=nobody) as g:
+        with pytest.raises(NoProvidersError, match="rejected by the market strategy") as info:
+            async for _ in g.execute_tasks(date_worker, [Task(None)], payload=PAYLOAD):
+                pass
+    assert "no provider took the demand" in str(info.value)
+    assert not rec.of(events.AgreementCreated)
 
 
 async def test_budget_is_never_exceeded(net: Network) -> None:

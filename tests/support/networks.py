@@ -48,7 +48,7 @@ def start_test_devnet(directory: Path) -> Devnet:
         net.start_agent(f"agent-{OVERCHARGER}", f"provider-{HONEST + 1}", [
             sys.executable, "-m", "workgen.cli.main", "provider", "run", "--name", OVERCHARGER,
             "--subnet", overcharger_subnet(net), "--debit-note-interval", "1",
-            "--overcharge", "10"])
+            "--overcharge", "10", "--no-dev-images"])
         assert state.subnet
     except BaseException:
         net.down()
@@ -95,7 +95,8 @@ class LocalNet:
         assert self.network is not None
         ids = set(agreement_ids)
         assert ids, "no agreements to look up"
-        return self.network.ledger.spent
+        return sum((p.amount for p in self.network.ledger.payments if p.agreement_id in ids),
+                   Decimal(0))
 
 
 class DevnetNet:

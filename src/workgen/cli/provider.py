@@ -35,7 +35,7 @@ def add_parser(commands: Any) -> None:
     run.add_argument("--price-start", type=float, default=0.0, help="fixed price per activity")
     run.add_argument("--debit-note-interval", type=float, default=60.0)
     run.add_argument("--inet", action="store_true", help="allow activities that ask for network")
-    run.add_argument("--dev-images", action="store_true",
+    run.add_argument("--dev-images", action=argparse.BooleanOptionalAction,
                      default=os.environ.get("WORKGEN_DEV_IMAGES") == "1",
                      help="run demands that name an image this provider does not have on the "
                           "host system image (development mode; also WORKGEN_DEV_IMAGES=1), "

@@ -258,7 +258,7 @@ class Devnet:
                 "--price-cpu", str(prices.get(USAGE_CPU_SEC, 0)),
                 "--price-start", str(config.pricing.fixed_price),
                 "--debit-note-interval", str(debit_note_interval),
-                *(["--dev-images"] if dev_images else []),
+                "--dev-images" if dev_images else "--no-dev-images",
             ]
             agents.append(self.start_agent(f"agent-{node.name}", node.name, argv))
         return agents

@@ -12,8 +12,8 @@ from typing import Any
 
 from ..backends.base import Activity, Agreement, Backend
 from ..errors import (
-    ActivityLost, BatchError, BatchTimeoutError, CommandExecutionError, CommandSkipped,
-    WorkgenError,
+    ActivityClosed, ActivityLost, BatchError, BatchTimeoutError, CommandExecutionError,
+    CommandSkipped, WorkgenError,
 )
 from ..protocol.exescript import Run, Stream
 from ..protocol.results import (
@@ -100,6 +100,10 @@ class WorkContext:
         if not steps:
             return []
         try:
+            if self._retired:
+                raise ActivityClosed(
+                    f"activity {self.id} on {self.provider_name} is being ended: a timed-out "
+                    "script could not be stopped on it", activity_id=self.id)
             return await self._execute(script, steps)
         except BaseException as exc:
             for step in steps:

@@ -118,6 +118,10 @@ class Golem:
         return (self._subnet_tag or (backend_subnet if isinstance(backend_subnet, str) else None)
                 or os.environ.get("YAGNA_SUBNET") or "public")
 
+    @subnet_tag.setter
+    def subnet_tag(self, value: str | None) -> None:
+        self._subnet_tag = value
+
     def _emit(self, event: events.Event) -> None:
         try:
             self._consumer(event)

@@ -55,6 +55,7 @@ class Market:
         self._pending: set[str] = set()
         self._refused: dict[str, str] = {}
         self._names: dict[str, str] = {}
+        self._signing = 0
 
     async def _negotiate(self) -> None:
         async for event in self._sub:
@@ -66,6 +67,10 @@ class Market:
                     job_id=self._job_id, proposal_id=event.proposal_id,
                     provider_id=event.issuer_id, provider_name=name,
                     reason=event.reason, by_provider=True))
+                if "busy" in event.reason.lower():
+                    # Taken by someone else for now: it offers again when free.
+                    self._pending.discard(event.issuer_id)
+                    continue
                 self._strategy.report_failure(event.issuer_id, event.reason)
                 await self._refuse(event.issuer_id, f"{name} refused: {event.reason}")
         self._closed = True
@@ -122,7 +127,8 @@ class Market:
                             f"no provider's offer matched the demand within "
                             f"{self._startup_timeout:g}s (constraints: "
                             f"{self._demand.constraints})")
-                    if not self._pending:
+                    if not self._pending and self._signing == 0 and self._refused \
+                            and self._refused.keys() >= self._names.keys():
                         raise NoProvidersError(
                             f"no provider took the demand within {self._startup_timeout:g}s: "
                             + "; ".join(sorted(self._refused.values())))
@@ -151,9 +157,11 @@ class Market:
                                                   next(self._order), proposal))
                 return None
             valid_to = utc_now() + AGREEMENT_VALIDITY
+            self._signing += 1
             try:
                 agreement = await self._backend.make_agreement(proposal, valid_to)
             except AgreementRejected as exc:
+                self._signing -= 1
                 release(reservation)
                 self._strategy.report_failure(proposal.issuer_id, str(exc))
                 self._emit(events.AgreementRejected(
@@ -163,8 +171,10 @@ class Market:
                                    f"{proposal.provider_name} rejected the agreement: {exc}")
                 continue
             except BaseException:
+                self._signing -= 1
                 release(reservation)
                 raise
+            self._signing -= 1
             self.agreements_made += 1
             self._emit(events.AgreementCreated(
                 job_id=self._job_id, agreement_id=agreement.id,

@@ -160,7 +160,16 @@ class _Batch:
         try:
             doc = await self._api.get(f"/activity-api/v1/activity/{self._activity.id}/state")
         except ApiError as exc:
-            raise _activity_error(self._activity, exc.status) from exc
+            if exc.status in (404, 410):
+                raise ActivityLost(f"activity {self._activity.id} is gone after its batch "
+                                   f"failed (HTTP {exc.status})",
+                                   activity_id=self._activity.id) from exc
+            # Unknown: the command's own failure stands.
+            log.warning("reading the state of activity %s failed: %s", self._activity.id, exc)
+            return
+        except BackendError as exc:
+            log.warning("reading the state of activity %s failed: %s", self._activity.id, exc)
+            return
         state = (doc.get("state") or [None])[0] if isinstance(doc, dict) else None
         if state in ("Terminated", "Unresponsive"):
             reason = doc.get("reason") or doc.get("errorMessage") or "no reason given"

@@ -30,7 +30,8 @@ from ...gsb import GsbClient, GsbError
 from ...protocol.constraints import ConstraintSyntaxError, match, parse_constraints
 from ...protocol.pricing import LinearPricing
 from ...protocol.properties import (
-    COM_PAYMENT_CHOSEN_PLATFORM, COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC, NODE_DEBUG_SUBNET, SRV_COMP_EXPIRATION,
+    COM_PAYMENT_CHOSEN_PLATFORM, COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC, NODE_DEBUG_SUBNET,
+    NODE_ID_NAME, SRV_COMP_EXPIRATION,
     flatten_properties,
 )
 from ..exeunit.unit import ActivityState, ExeUnit, ExeUnitConfig
@@ -166,15 +167,19 @@ class ProviderAgent:
         log.info("%s: offer %s published", self.config.name, self._offer_id)
 
     async def _withdraw_stale_offers(self) -> None:
-        """Offers left on the node by an agent that died: nobody would answer for them."""
+        """Offers of this provider's name left on the node by an agent that died: nobody would
+        answer for them."""
         try:
             stale = await self._rest.get("/market-api/v1/offers")
         except YagnaApiError as exc:
             log.warning("%s: listing the node's offers failed: %s", self.config.name, exc)
             return
         for offer in stale or []:
-            offer_id = offer.get("offerId") if isinstance(offer, dict) else None
-            if offer_id:
+            if not isinstance(offer, dict):
+                continue
+            offer_id = offer.get("offerId")
+            name = flatten_properties(offer.get("properties") or {}).get(NODE_ID_NAME)
+            if offer_id and name == self.config.name:
                 log.info("%s: withdrawing stale offer %s", self.config.name, offer_id)
                 with contextlib.suppress(YagnaApiError):
                     await self._rest.delete(f"/market-api/v1/offers/{offer_id}")
