@@ -72,7 +72,10 @@ def _run(args: argparse.Namespace) -> int:
                                  gsb_url=args.gsb_url, subnet=args.subnet,
                                  debit_note_interval=args.debit_note_interval,
                                  overcharge=args.overcharge,
-                                 images=ImageResolver(ImageStore(), dev_images=args.dev_images)))
+                                 images=ImageResolver(
+                                     ImageStore(), dev_images=args.dev_images,
+                                     remedy="it runs only the host system image (with "
+                                            "--dev-images it would run this image there)")))
     except YagnaApiError as exc:
         print(f"workgen provider: the yagna node failed: {exc}")
         return 1

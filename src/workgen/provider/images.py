@@ -130,8 +130,9 @@ class ImageResolver:
     """Resolves demands to roots for one network, warning once per image in development mode."""
 
     def __init__(self, store: ImageStore, *, dev_images: bool, owner: str = "this provider",
-                 remedy: str = f"or run in development mode ({DEV_IMAGES_ENV}=1) to use the "
-                               "host system image instead"):
+                 remedy: str = "register its root directory with ImageStore.register(rootfs, "
+                               "hash=..., tags=[...]), or run in development mode "
+                               f"({DEV_IMAGES_ENV}=1) to use the host system image instead"):
         self.store = store
         self.dev_images = dev_images
         self._owner = owner
@@ -155,8 +156,7 @@ class ImageResolver:
         if not self.dev_images:
             raise ImageNotFound(
                 f"image {request.describe()} is not in {self._owner}'s image store: "
-                "register its root directory with ImageStore.register(rootfs, hash=..., "
-                f"tags=[...]), {self._remedy}"
+                f"{self._remedy}"
             )
         if request not in self._warned:
             self._warned.add(request)

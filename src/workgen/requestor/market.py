@@ -14,7 +14,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import timedelta
 from typing import TypeVar
 
@@ -53,7 +53,7 @@ class Market:
         # Per provider: negotiating (an offer answered, no draft or refusal yet), or refused
         # (why, by us or by them). When every provider refused, waiting on is pointless.
         self._pending: set[str] = set()
-        self._refused: dict[str, str] = {}
+        self._refused: dict[str, tuple[str, str]] = {}  # issuer: (name, why)
         self._names: dict[str, str] = {}
         self._signing = 0
 
@@ -72,7 +72,7 @@ class Market:
                     self._pending.discard(event.issuer_id)
                     continue
                 self._strategy.report_failure(event.issuer_id, event.reason)
-                await self._refuse(event.issuer_id, f"{name} refused: {event.reason}")
+                await self._refuse(event.issuer_id, name, f"refused: {event.reason}")
         self._closed = True
         async with self._changed:
             self._changed.notify_all()
@@ -97,7 +97,7 @@ class Market:
                 provider_name=proposal.provider_name, reason=reason))
             with contextlib.suppress(Exception):
                 await self._backend.reject_proposal(self._sub, proposal, reason)
-            await self._refuse(proposal.issuer_id, f"{proposal.provider_name}: {reason}")
+            await self._refuse(proposal.issuer_id, proposal.provider_name, reason)
             return
         if draft:
             self._scores[proposal.id] = score
@@ -108,9 +108,9 @@ class Market:
         else:
             await self._backend.counter_proposal(self._sub, proposal, self._demand)
 
-    async def _refuse(self, issuer_id: str, why: str) -> None:
+    async def _refuse(self, issuer_id: str, name: str, why: str) -> None:
         self._pending.discard(issuer_id)
-        self._refused[issuer_id] = why
+        self._refused[issuer_id] = (name, why)
         async with self._changed:
             self._changed.notify_all()
 
@@ -131,7 +131,7 @@ class Market:
                             and self._refused.keys() >= self._names.keys():
                         raise NoProvidersError(
                             f"no provider took the demand within {self._startup_timeout:g}s: "
-                            + "; ".join(sorted(self._refused.values())))
+                            + _refusals(self._refused.values()))
                 try:
                     async with asyncio.timeout(remaining if starting and remaining > 0
                                                else None):
@@ -167,8 +167,8 @@ class Market:
                 self._emit(events.AgreementRejected(
                     job_id=self._job_id, provider_id=proposal.issuer_id,
                     provider_name=proposal.provider_name, reason=str(exc)))
-                await self._refuse(proposal.issuer_id,
-                                   f"{proposal.provider_name} rejected the agreement: {exc}")
+                await self._refuse(proposal.issuer_id, proposal.provider_name,
+                                   f"rejected the agreement: {exc}")
                 continue
             except BaseException:
                 self._signing -= 1
@@ -180,6 +180,15 @@ class Market:
                 job_id=self._job_id, agreement_id=agreement.id,
                 provider_id=agreement.provider_id, provider_name=agreement.provider_name))
             return agreement, reservation
+
+
+def _refusals(refused: Iterable[tuple[str, str]]) -> str:
+    """``a, b: why; c: other reason``: providers grouped by what they (or we) said."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in refused:
+        by_reason.setdefault(why, []).append(name)
+    return "; ".join(f"{', '.join(sorted(names))}: {why}"
+                     for why, names in sorted(by_reason.items()))
 
 
 @contextlib.asynccontextmanager

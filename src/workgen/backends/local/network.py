@@ -100,7 +100,8 @@ class LocalNetwork:
         self._work_root = work_root
         self._resolver = ImageResolver(
             self.images, dev_images=self.dev_images, owner="the local network",
-            remedy="or run in development mode (LocalNetwork(dev_images=True) or "
+            remedy="register its root directory with ImageStore.register(rootfs, hash=..., "
+                   "tags=[...]), or run in development mode (LocalNetwork(dev_images=True) or "
                    f"{DEV_IMAGES_ENV}=1) to use the host system image instead")
         self._market = Market()
         self._providers: dict[str, LocalProvider] = {}
