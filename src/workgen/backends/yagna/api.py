@@ -14,11 +14,11 @@ from typing import Any
 
 import httpx
 
+from ..._rest import RestBase, decode, poll_query
 from ...errors import BackendError, BackendUnavailable
 
 log = logging.getLogger(__name__)
 
-_POLL_MARGIN = 10.0
 _RETRIES = 3
 _RETRY_DELAY = 0.5
 
@@ -30,14 +30,9 @@ class ApiError(BackendError):
         self.body = body
 
 
-class YagnaApi:
+class YagnaApi(RestBase):
     def __init__(self, api_url: str, appkey: str, *, timeout: float = 60.0):
-        self.api_url = api_url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.api_url, timeout=timeout,
-                                      headers={"Authorization": f"Bearer {appkey}"})
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
+        super().__init__(api_url, appkey, timeout=timeout)
 
     async def request(self, method: str, path: str, *, json: Any = None,
                       params: dict[str, Any] | None = None, poll: float | None = None,
@@ -47,11 +42,7 @@ class YagnaApi:
         ``poll`` is a long poll's server-side wait (sent as ``timeout``); ``ok`` lists error
         statuses the caller handles itself (returned as ``None``).
         """
-        query = dict(params or {})
-        timeout: Any = httpx.USE_CLIENT_DEFAULT
-        if poll is not None:
-            query.setdefault("timeout", poll)
-            timeout = poll + _POLL_MARGIN
+        query, timeout = poll_query(params, poll)
         safe = method == "GET"
         for attempt in range(_RETRIES if safe else 1):
             try:
@@ -76,19 +67,5 @@ class YagnaApi:
             if status >= 400:
                 raise ApiError(f"yagna: {method} {path} failed with HTTP {status}: "
                                f"{response.text[:300]}", status=status, body=response.text)
-            if not response.content:
-                return None
-            try:
-                return response.json()
-            except ValueError:
-                return response.text
+            return decode(response)
         raise AssertionError("unreachable")
-
-    async def get(self, path: str, **kw: Any) -> Any:
-        return await self.request("GET", path, **kw)
-
-    async def post(self, path: str, **kw: Any) -> Any:
-        return await self.request("POST", path, **kw)
-
-    async def delete(self, path: str, **kw: Any) -> Any:
-        return await self.request("DELETE", path, **kw)

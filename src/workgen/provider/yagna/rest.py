@@ -11,10 +11,9 @@ from typing import Any
 
 import httpx
 
-log = logging.getLogger(__name__)
+from ..._rest import RestBase, decode, poll_query
 
-# Margin between a long poll's server-side timeout and our HTTP timeout.
-_POLL_MARGIN = 10.0
+log = logging.getLogger(__name__)
 
 
 class YagnaApiError(Exception):
@@ -26,17 +25,9 @@ class YagnaApiError(Exception):
         self.body = body
 
 
-class RestClient:
+class RestClient(RestBase):
     def __init__(self, api_url: str, appkey: str, *, timeout: float = 30.0):
-        self.api_url = api_url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            base_url=self.api_url,
-            headers={"Authorization": f"Bearer {appkey}"},
-            timeout=timeout,
-        )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+        super().__init__(api_url, appkey, timeout=timeout)
 
     async def request(self, method: str, path: str, *, json: Any = None,
                       params: dict[str, Any] | None = None, poll: float | None = None) -> Any:
@@ -45,33 +36,14 @@ class RestClient:
         ``poll`` is the server-side wait of a long poll, in seconds: it goes in the query as
         ``timeout`` and stretches the HTTP timeout to match.
         """
-        query = dict(params or {})
-        timeout: float | httpx.Timeout | None = None
-        if poll is not None:
-            query["timeout"] = poll
-            timeout = poll + _POLL_MARGIN
+        query, timeout = poll_query(params, poll)
         try:
-            response = await self._client.request(
-                method, path, json=json, params=query or None,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
+            response = await self.http.request(method, path, json=json, params=query or None,
+                                               timeout=timeout)
         except httpx.HTTPError as exc:
             raise YagnaApiError(method, path, 0, f"{type(exc).__name__}: {exc}") from exc
         if response.status_code == 408:
             return None  # a long poll that found nothing
         if response.status_code >= 400:
             raise YagnaApiError(method, path, response.status_code, response.text)
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError:
-            return response.text
-
-    async def get(self, path: str, **kw: Any) -> Any:
-        return await self.request("GET", path, **kw)
-
-    async def post(self, path: str, **kw: Any) -> Any:
-        return await self.request("POST", path, **kw)
-
-    async def delete(self, path: str, **kw: Any) -> Any:
-        return await self.request("DELETE", path, **kw)
+        return decode(response)
