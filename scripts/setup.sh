@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything workgen needs on a Debian machine: system packages (bubblewrap for the
-# sandbox, the system python3 that runs inside it, POV-Ray for the rendering example) and a
-# virtual environment in .venv with the package and its test tools. Safe to run again.
+# sandbox, e2fsprogs for each activity's own filesystem, the system python3 that runs inside
+# it, POV-Ray for the rendering example) and a virtual environment in .venv with the package
+# and its test tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,8 @@ need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 [ -x /usr/bin/python3 ] || need+=(python3-minimal)
 command -v povray >/dev/null 2>&1 || need+=(povray)
+# mkfs.ext4 makes each activity's own bounded filesystem (a loop-mounted image).
+[ -x /sbin/mkfs.ext4 ] || [ -x /usr/sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing system packages: ${need[*]}; install them (as root: apt-get install ${need[*]})" >&2

@@ -70,7 +70,8 @@ def _ours_or_orphaned(pid: int, me: int) -> bool:
     """Whether ``pid`` descends from this process, or from nobody (reparented to init).
 
     Sandboxes of other live processes (another test run, a devnet's provider agents) are
-    theirs to clean up, not this test's.
+    theirs to clean up, not this test's: walking up from the sandbox's processes, the first
+    one that is not part of a sandbox says whose it is.
     """
     seen = 0
     while pid > 1 and seen < 64:
@@ -78,9 +79,23 @@ def _ours_or_orphaned(pid: int, me: int) -> bool:
             return True
         if _is_provider_agent(pid):
             return False  # a devnet's provider agent: its devnet's teardown checks it
+        if not _is_sandbox_part(pid):
+            return False  # another live process started it
         pid = _parent(pid)
         seen += 1
     return pid <= 1
+
+
+def _is_sandbox_part(pid: int) -> bool:
+    """A process of a sandbox: bubblewrap itself, or anything running as a sandbox user."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, StopIteration, ValueError):
+        return False
+    return owns_sandbox_uid(uid) or b"bwrap" in cmdline.split(b"\0")[0]
 
 
 def _is_provider_agent(pid: int) -> bool:

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from support.http import serve
+from workgen.backends.local.storage import LocalStorage
+from workgen.errors import BackendError
 from workgen.protocol.exescript import (
     AtEnd, BatchFormatError, Capture, Deploy, Run, Start, Stream, Terminate, Transfer,
 )
@@ -270,33 +272,45 @@ def test_malformed_batches_are_rejected_naming_the_command_and_field(batch: str,
 
 # -- transfers -----------------------------------------------------------------------------
 
+@contextlib.asynccontextmanager
+async def storage(tmp_path: Path) -> AsyncIterator[LocalStorage]:
+    store = LocalStorage(tmp_path)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
 async def test_transfer_into_and_out_of_the_container(tmp_path: Path) -> None:
     src = tmp_path / "in.bin"
     src.write_bytes(os.urandom(3 << 20))
-    out = tmp_path / "out" / "back.bin"
-    async with ready_unit(tmp_path) as unit:
-        results = await run_batch(unit, [
-            Transfer(f"file://{src}", "container:/golem/input/data.bin"),
-            sh("sha256sum < /golem/input/data.bin > /golem/output/sum; cp /golem/input/data.bin /golem/output/"),
-            Transfer("container:/golem/output/data.bin", f"file://{out}"),
-            Transfer("container:/golem/output/sum", f"file://{tmp_path}/"),
-        ])
-    assert [r.result for r in results] == ["Ok"] * 4, results
-    assert out.read_bytes() == src.read_bytes()
-    assert (tmp_path / "sum").read_text().split()[0] == __import__("hashlib").sha256(
-        src.read_bytes()).hexdigest()
+    async with storage(tmp_path) as store:
+        source = await store.publish_file(src)
+        back, summed = await store.new_destination("back"), await store.new_destination("sum")
+        async with ready_unit(tmp_path, remote_schemes={"local": store.scheme}) as unit:
+            results = await run_batch(unit, [
+                Transfer(source.url, "container:/golem/input/data.bin"),
+                sh("sha256sum < /golem/input/data.bin > /golem/output/sum; "
+                   "cp /golem/input/data.bin /golem/output/"),
+                Transfer("container:/golem/output/data.bin", back.url),
+                Transfer("container:/golem/output/sum", summed.url),
+            ])
+        assert [r.result for r in results] == ["Ok"] * 4, results
+        assert await back.read_bytes() == src.read_bytes()
+        assert (await summed.read_bytes()).split()[0].decode() == __import__("hashlib").sha256(
+            src.read_bytes()).hexdigest()
 
 
 async def test_transfer_is_allowed_before_start(tmp_path: Path) -> None:
-    src = tmp_path / "x"
-    src.write_text("early")
-    async with ExeUnit(config=ExeUnitConfig()) as unit:
-        results = await run_batch(unit, [Deploy(), Transfer(f"file://{src}", "container:/golem/input/x"),
-                                         Start(), sh("cat /golem/input/x")])
+    async with storage(tmp_path) as store:
+        source = await store.publish_bytes(b"early")
+        async with ExeUnit(config=ExeUnitConfig(remote_schemes={"local": store.scheme})) as unit:
+            results = await run_batch(unit, [Deploy(), Transfer(source.url, "container:/golem/input/x"),
+                                             Start(), sh("cat /golem/input/x")])
     assert results[-1].stdout == "early"
 
 
-async def test_transfer_from_http(tmp_path: Path) -> None:
+def _site(tmp_path: Path) -> Any:
     import http.server
 
     (tmp_path / "site").mkdir()
@@ -309,13 +323,28 @@ async def test_transfer_from_http(tmp_path: Path) -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    with serve(Quiet) as url:
-        async with ready_unit(tmp_path) as unit:
+    return serve(Quiet)
+
+
+async def test_transfer_from_http_with_inet(tmp_path: Path) -> None:
+    with _site(tmp_path) as url:
+        async with ready_unit(tmp_path, inet=True) as unit:
             ok = await run_batch(unit, [Transfer(f"{url}/page.txt", "container:/golem/input/"),
                                         sh("cat /golem/input/page.txt")])
             (missing,) = await run_batch(unit, [Transfer(f"{url}/nope", "container:/golem/input/n")])
+            assert "n" not in os.listdir(unit.volumes["/golem/input"])
     assert ok[-1].stdout == "served"
     assert missing.result == "Error" and "HTTP 404" in (missing.message or "")
+
+
+async def test_transfer_over_http_needs_inet(tmp_path: Path) -> None:
+    with _site(tmp_path) as url:
+        async with ready_unit(tmp_path) as unit:
+            (get,) = await run_batch(unit, [Transfer(f"{url}/page.txt", "container:/golem/input/")])
+            (put,) = (await run_batch(unit, [sh("echo x > /golem/output/x"),
+                                             Transfer("container:/golem/output/x", f"{url}/x")]))[1:]
+    for result in (get, put):
+        assert result.result == "Error" and "no network access" in (result.message or "")
 
 
 @pytest.mark.parametrize("path", [
@@ -324,19 +353,25 @@ async def test_transfer_from_http(tmp_path: Path) -> None:
     "container:relative/path",
     "container:/golem/work/link/passwd",
     "container:/golem/work/abs",
+    "container:/golem/work",
+    "container:/golem/work/" + "x" * 300,
 ])
 async def test_transfer_refuses_paths_that_escape_the_volumes(tmp_path: Path, path: str) -> None:
     secret = tmp_path / "secret"
     secret.mkdir()
     (secret / "passwd").write_text("host secret")
-    async with ready_unit(tmp_path) as unit:
-        work = unit.volumes["/golem/work"]
-        os.symlink(secret, work / "link")
-        os.symlink(secret / "passwd", work / "abs")
-        (out_result,) = await run_batch(unit, [Transfer(path, f"file://{tmp_path}/stolen")])
-        (in_result,) = await run_batch(unit, [Transfer(f"file://{secret}/passwd", path)])
-    assert out_result.result == "Error" and in_result.result == "Error"
-    assert not (tmp_path / "stolen").exists()
+    async with storage(tmp_path) as store:
+        source = await store.publish_bytes(b"overwritten!")
+        stolen = await store.new_destination("stolen")
+        async with ready_unit(tmp_path, remote_schemes={"local": store.scheme}) as unit:
+            work = unit.volumes["/golem/work"]
+            os.symlink(secret, work / "link")
+            os.symlink(secret / "passwd", work / "abs")
+            (out_result,) = await run_batch(unit, [Transfer(path, stolen.url)])
+            (in_result,) = await run_batch(unit, [Transfer(source.url, path)])
+        assert out_result.result == "Error" and in_result.result == "Error"
+        with pytest.raises(BackendError):
+            await stolen.read_bytes()
     assert (secret / "passwd").read_text() == "host secret"
 
 
@@ -420,7 +455,11 @@ async def test_memory_hog_is_stopped_by_the_memory_limit(tmp_path: Path) -> None
     async with ready_unit(tmp_path, resources=Resources(mem_gib=0.25)) as unit:
         result = await run_batch(unit, [Run("/usr/bin/python3", ("-c", "x = bytearray(1 << 30)"),
                                             capture=STR)])
-    assert result[0].result == "Error" and "MemoryError" in (result[0].message or "")
+    message = result[0].message or ""
+    # Per activity (a cgroup) the process is killed, naming the limit; per process (rlimit,
+    # without cgroups) the allocation fails.
+    assert result[0].result == "Error"
+    assert "memory limit (0.25 GiB" in message or "MemoryError" in message
 
 
 async def test_file_size_limit_stops_filling_the_disk(tmp_path: Path) -> None:
@@ -459,10 +498,36 @@ async def test_results_json_matches_yagna(tmp_path: Path) -> None:
     assert CommandResult.from_json(json.loads(json.dumps(doc))) == result
 
 
-async def test_cpu_threads_limit_the_cpus_an_activity_runs_on(tmp_path: Path) -> None:
+SPIN_TWO = """
+import os, time
+began = time.monotonic()
+children = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            pass
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+used = os.times()
+print((used.children_user + used.children_system) / (time.monotonic() - began))
+"""
+
+
+async def test_cpu_threads_limit_the_cpu_an_activity_uses(tmp_path: Path) -> None:
     async with ready_unit(tmp_path, resources=Resources(cpu_threads=1)) as unit:
-        result = await run_one(unit, "nproc")
-    assert result.stdout == "1\n"
+        if unit.cgroup_description is None:  # no cgroup: pinned to that many CPUs instead
+            result = await run_one(unit, "nproc")
+            assert result.stdout == "1\n"
+            return
+        (result,) = await run_batch(unit, [Run("/usr/bin/python3", ("-c", SPIN_TWO),
+                                               capture=STR)])
+    # Two busy processes, one thread's worth of CPU time between them (a loaded machine
+    # gives less, never more).
+    assert float(str(result.stdout)) < 1.35, result
 
 
 async def test_a_batch_cancelled_before_it_starts_still_gets_a_result(tmp_path: Path) -> None:

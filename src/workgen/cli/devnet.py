@@ -4,7 +4,8 @@
 again through the devnet's directory (``--dir``; default ``$WORKGEN_DEVNET_DIR`` or
 ``~/.local/state/workgen/devnet``). Exit codes: 0 success; 1 the operation failed (a devnet
 already runs there, there is none, a daemon did not start, ``status`` found something down);
-2 the environment or the arguments are wrong (no yagna binary, bad option).
+2 the environment or the arguments are wrong (no yagna binary, bad option); 130 after Ctrl-C and
+143 after SIGTERM (an interrupted ``up`` stops what it started).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 from ..devnet import Devnet, DevnetError, NodeState, YagnaNotFound, default_directory
 from ..devnet.daemon import READY_TIMEOUT_S
 from ..devnet.network import DEFAULT_PROVIDERS
+from ._options import seconds, whole
+
+MAX_PROVIDERS = 256
 
 
 def add_parser(commands: Any) -> None:
@@ -29,11 +33,12 @@ def add_parser(commands: Any) -> None:
     where.add_argument("--dir", type=Path, default=None, metavar="PATH",
                        help=f"the devnet's directory (default: {default_directory()})")
     up = sub.add_parser("up", parents=[where], help="start a requestor node and N provider nodes")
-    up.add_argument("--providers", type=_count, default=DEFAULT_PROVIDERS, metavar="N",
+    up.add_argument("--providers", type=whole(minimum=0, maximum=MAX_PROVIDERS),
+                    default=DEFAULT_PROVIDERS, metavar="N",
                     help=f"number of provider nodes (default: {DEFAULT_PROVIDERS})")
     up.add_argument("--yagna", type=Path, default=None, metavar="PATH",
                     help="the yagna binary (default: next to this Python, else on PATH)")
-    up.add_argument("--timeout", type=float, default=READY_TIMEOUT_S, metavar="SECONDS",
+    up.add_argument("--timeout", type=seconds, default=READY_TIMEOUT_S, metavar="SECONDS",
                     help=f"time for all daemons to answer (default: {READY_TIMEOUT_S:.0f})")
     up.add_argument("--no-agents", action="store_true",
                     help="start the daemons only, without the Python providers")
@@ -118,16 +123,6 @@ def _node_line(node: NodeState) -> str:
     role = "requestor (hub)" if node.role == "requestor" else "provider"
     return (f"{node.name:<11} {role:<15} {node.node_id}  pid {node.pid}  api {node.api_url}  "
             f"gsb {node.gsb_url}  log {node.log_path}")
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
 
 
 def _fail(exc: Exception, code: int) -> int:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .._aio import Signalled, signals_as_interrupt
 from . import devnet, exeunit, provider, run
 
 
@@ -20,10 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs a command; its exit code is 2 for bad arguments or input, 130 after Ctrl-C and 143
+    after SIGTERM (which stops every command as Ctrl-C does, cleaning up the same way)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.handler(args)
+        with signals_as_interrupt():
+            code: int = args.handler(args)
+    except Signalled as exc:
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
     return code

@@ -1,7 +1,9 @@
 """``workgen provider run``: a Python provider (agent + execution unit) on a yagna node.
 
 The node is named by the usual variables (``YAGNA_API_URL``, ``YAGNA_APPKEY``, ``GSB_URL``) or
-the options; the provider's resources and prices by the options.
+the options; the provider's resources and prices by the options. It runs until stopped by Ctrl-C
+(exit code 130) or SIGTERM (143): either ends its agreement and activities, withdraws its offer
+and removes their files first. Exit code 2: a setting is missing or wrong; 1: the node failed.
 """
 
 from __future__ import annotations
@@ -10,37 +12,44 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from typing import Any
 
+from .._aio import until_signalled
 from ..protocol.pricing import LinearPricing
 from ..protocol.properties import USAGE_CPU_SEC, USAGE_DURATION_SEC
+from ._options import number, price, seconds, size_gib, whole
+
+MAX_THREADS = 4096
 
 
 def add_parser(commands: Any) -> None:
     provider = commands.add_parser("provider", help="run a provider on a yagna node")
     sub = provider.add_subparsers(dest="provider_command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run a provider agent until interrupted")
+    run = sub.add_parser("run", help="run a provider agent until interrupted",
+                         description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--api-url", default=os.environ.get("YAGNA_API_URL"))
     run.add_argument("--appkey", default=os.environ.get("YAGNA_APPKEY"))
     run.add_argument("--gsb-url", default=os.environ.get("GSB_URL"))
     run.add_argument("--name", default="workgen-provider")
     run.add_argument("--subnet", default=os.environ.get("YAGNA_SUBNET", "public"))
-    run.add_argument("--threads", type=int, default=1)
-    run.add_argument("--mem-gib", type=float, default=1.0)
-    run.add_argument("--storage-gib", type=float, default=4.0)
-    run.add_argument("--price-duration", type=float, default=0.0001,
+    run.add_argument("--threads", type=whole(minimum=1, maximum=MAX_THREADS), default=1)
+    run.add_argument("--mem-gib", type=size_gib, default=1.0)
+    run.add_argument("--storage-gib", type=size_gib, default=4.0)
+    run.add_argument("--price-duration", type=price, default=0.0001,
                      help="price of a second of wall time")
-    run.add_argument("--price-cpu", type=float, default=0.0002,
+    run.add_argument("--price-cpu", type=price, default=0.0002,
                      help="price of a second of CPU time")
-    run.add_argument("--price-start", type=float, default=0.0, help="fixed price per activity")
-    run.add_argument("--debit-note-interval", type=float, default=60.0)
+    run.add_argument("--price-start", type=price, default=0.0, help="fixed price per activity")
+    run.add_argument("--debit-note-interval", type=seconds, default=60.0, metavar="SECONDS")
     run.add_argument("--inet", action="store_true", help="allow activities that ask for network")
     run.add_argument("--dev-images", action=argparse.BooleanOptionalAction,
                      default=os.environ.get("WORKGEN_DEV_IMAGES") == "1",
                      help="run demands that name an image this provider does not have on the "
                           "host system image (development mode; also WORKGEN_DEV_IMAGES=1), "
                           "instead of refusing them")
-    run.add_argument("--overcharge", type=float, default=1.0, metavar="FACTOR",
+    run.add_argument("--overcharge", type=number(), default=1.0, metavar="FACTOR",
                      help="bill FACTOR times the agreed price (a dishonest provider, for "
                           "testing that requestors reject such bills)")
     run.set_defaults(handler=_run)
@@ -55,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
                                         ("--appkey/YAGNA_APPKEY", args.appkey),
                                         ("--gsb-url/GSB_URL", args.gsb_url)) if not value]
     if missing:
-        print(f"workgen provider: missing {', '.join(missing)}")
+        print(f"workgen provider: missing {', '.join(missing)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -65,20 +74,19 @@ def _run(args: argparse.Namespace) -> int:
             pricing=LinearPricing((args.price_duration, args.price_cpu, args.price_start),
                                   (USAGE_DURATION_SEC, USAGE_CPU_SEC)))
     except ValueError as exc:
-        print(f"workgen provider: {exc}")
+        print(f"workgen provider: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run_provider(config, api_url=args.api_url, appkey=args.appkey,
-                                 gsb_url=args.gsb_url, subnet=args.subnet,
-                                 debit_note_interval=args.debit_note_interval,
-                                 overcharge=args.overcharge,
-                                 images=ImageResolver(
-                                     ImageStore(), dev_images=args.dev_images,
-                                     remedy="it runs only the host system image (with "
-                                            "--dev-images it would run this image there)")))
+        # Ctrl-C and SIGTERM both cancel the agent, which cleans up; main() turns them into
+        # the exit codes.
+        asyncio.run(until_signalled(run_provider(
+            config, api_url=args.api_url, appkey=args.appkey, gsb_url=args.gsb_url,
+            subnet=args.subnet, debit_note_interval=args.debit_note_interval,
+            overcharge=args.overcharge,
+            images=ImageResolver(ImageStore(), dev_images=args.dev_images,
+                                 remedy="it runs only the host system image (with "
+                                        "--dev-images it would run this image there)"))))
     except YagnaApiError as exc:
-        print(f"workgen provider: the yagna node failed: {exc}")
+        print(f"workgen provider: the yagna node failed: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     return 0

@@ -260,25 +260,43 @@ async def download(bus: GsbClient, url: str, dest: Path, *, chunk_size: int = DE
     then removed, so a partial file is never left behind.
     """
     _check_tuning(chunk_size, concurrency)
+    fd = await asyncio.to_thread(_open_for_writing, dest)
+    complete = False
+    try:
+        size = await download_into(bus, url, fd, chunk_size=chunk_size,
+                                   concurrency=concurrency, call_timeout=call_timeout)
+        complete = True
+    finally:
+        os.close(fd)
+        if not complete:
+            await asyncio.to_thread(dest.unlink, missing_ok=True)
+    return size
+
+
+async def download_into(bus: GsbClient, url: str, fd: int, *,
+                        chunk_size: int = DEFAULT_CHUNK_SIZE,
+                        concurrency: int = DEFAULT_CONCURRENCY,
+                        call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> int:
+    """:func:`download` into an open descriptor (readable and writable, owned by the caller:
+    it stays open); the caller removes what a failure left."""
+    _check_tuning(chunk_size, concurrency)
     node_id, name = parse_url(url)
     base = f"{REMOTE_PREFIX}/{node_id}/gftp/{name}"
     metadata = await _call(bus, f"{base}/{GET_METADATA}", None, call_timeout)
     size = metadata.get("fileSize") if isinstance(metadata, dict) else None
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise GftpError(f"{url}: {GET_METADATA} answered {metadata!r}, not {{'fileSize': n}}")
-    file = _SharedFd(await asyncio.to_thread(_open_for_writing, dest))
-    complete = False
+    # A duplicate: the file may be used by worker threads after a cancelled await, and must
+    # not be closed under them (see _SharedFd); the caller's descriptor stays its own.
+    file = _SharedFd(os.dup(fd))
     try:
         digest = await _fetch_chunks(bus, f"{base}/{GET_CHUNK}", url, file, size,
                                      chunk_size, concurrency, call_timeout)
         if is_content_hash(name) and digest != name:
             raise GftpIntegrityError(f"{url}: the content's SHA3-256 is {digest}")
-        complete = True
     finally:
         await file.aclose()
-        if not complete:
-            await asyncio.to_thread(dest.unlink, missing_ok=True)
-    logger.debug("downloaded %s (%d bytes) into %s", url, size, dest)
+    logger.debug("downloaded %s (%d bytes)", url, size)
     return size
 
 
@@ -292,19 +310,33 @@ async def upload(bus: GsbClient, src: Path, url: str, *, chunk_size: int = DEFAU
     :class:`GftpIntegrityError` if the receiver found the content wrong.
     """
     _check_tuning(chunk_size, concurrency)
-    node_id, name = parse_url(url)
-    base = f"{REMOTE_PREFIX}/{node_id}/gftp/{name}"
     try:
-        file = _SharedFd(await asyncio.to_thread(os.open, src, os.O_RDONLY | os.O_CLOEXEC))
+        fd = await asyncio.to_thread(os.open, src, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise GftpError(f"cannot upload {src}: {exc.strerror}") from exc
     try:
-        size, digest = await _send_chunks(bus, f"{base}/{UPLOAD_CHUNK}", src, file,
+        return await upload_from(bus, fd, url, chunk_size=chunk_size, concurrency=concurrency,
+                                 call_timeout=call_timeout)
+    finally:
+        os.close(fd)
+
+
+async def upload_from(bus: GsbClient, fd: int, url: str, *,
+                      chunk_size: int = DEFAULT_CHUNK_SIZE,
+                      concurrency: int = DEFAULT_CONCURRENCY,
+                      call_timeout: float | None = DEFAULT_CALL_TIMEOUT) -> int:
+    """:func:`upload` from an open descriptor (owned by the caller: it stays open)."""
+    _check_tuning(chunk_size, concurrency)
+    node_id, name = parse_url(url)
+    base = f"{REMOTE_PREFIX}/{node_id}/gftp/{name}"
+    file = _SharedFd(os.dup(fd))
+    try:
+        size, digest = await _send_chunks(bus, f"{base}/{UPLOAD_CHUNK}", url, file,
                                           chunk_size, concurrency, call_timeout)
     finally:
         await file.aclose()
     await _call(bus, f"{base}/{UPLOAD_FINISHED}", {"hash": digest}, call_timeout)
-    logger.debug("uploaded %s (%d bytes) to %s", src, size, url)
+    logger.debug("uploaded %d bytes to %s", size, url)
     return size
 
 
@@ -324,15 +356,15 @@ class GftpScheme:
         self._concurrency = concurrency
         self._call_timeout = call_timeout
 
-    async def fetch(self, url: str, dest: Path) -> int:
-        """Downloads the file published at ``url`` into ``dest``; see :func:`download`."""
-        return await download(self._bus, url, dest, chunk_size=self._chunk_size,
-                              concurrency=self._concurrency, call_timeout=self._call_timeout)
+    async def fetch(self, url: str, fd: int) -> int:
+        """Downloads the file published at ``url`` into ``fd``; see :func:`download`."""
+        return await download_into(self._bus, url, fd, chunk_size=self._chunk_size,
+                                   concurrency=self._concurrency, call_timeout=self._call_timeout)
 
-    async def push(self, src: Path, url: str) -> int:
-        """Uploads ``src`` to the receiver at ``url``; see :func:`upload`."""
-        return await upload(self._bus, src, url, chunk_size=self._chunk_size,
-                            concurrency=self._concurrency, call_timeout=self._call_timeout)
+    async def push(self, fd: int, url: str) -> int:
+        """Uploads the content of ``fd`` to the receiver at ``url``; see :func:`upload`."""
+        return await upload_from(self._bus, fd, url, chunk_size=self._chunk_size,
+                                 concurrency=self._concurrency, call_timeout=self._call_timeout)
 
 
 async def _fetch_chunks(bus: GsbClient, address: str, url: str, file: _SharedFd, size: int,
@@ -365,7 +397,7 @@ async def _fetch_chunks(bus: GsbClient, address: str, url: str, file: _SharedFd,
     return hasher.hexdigest()
 
 
-async def _send_chunks(bus: GsbClient, address: str, src: Path, file: _SharedFd,
+async def _send_chunks(bus: GsbClient, address: str, src: str, file: _SharedFd,
                        chunk_size: int, concurrency: int,
                        call_timeout: float | None) -> tuple[int, str]:
     """Sends the file in chunks, a window at a time; returns its size and SHA3-256 in hex."""

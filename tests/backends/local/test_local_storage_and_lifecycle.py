@@ -26,7 +26,9 @@ async def test_files_go_to_the_provider_and_come_back(tmp_path: Path) -> None:
         data = await net.storage.publish_bytes(b"hello")
         source = await net.storage.publish_file(given)
         out = await net.storage.new_destination("out.txt")
-        assert data.url.startswith("file:///") and source.url == given.resolve().as_uri()
+        # Handles of the storage's own: nothing in a URL names a host path.
+        assert all(url.startswith("local://") and str(tmp_path) not in url
+                   for url in (data.url, source.url, out.url))
         results = await (await net.exec(activity, [
             Transfer(data.url, "container:/golem/input/in.txt"),
             Transfer(source.url, "container:/golem/input/given.txt"),
@@ -49,6 +51,29 @@ async def test_files_go_to_the_provider_and_come_back(tmp_path: Path) -> None:
     assert given.exists()  # a published file stays the user's
 
 
+async def test_a_batch_can_name_only_what_this_requestor_published(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("host secret")
+    async with LocalNetwork(1) as net:
+        _, demand = await paid_demand(net)
+        agreement, activity = await ready_activity(net, demand)
+        published = await net.storage.publish_bytes(b"mine")
+        out = await net.storage.new_destination("out")
+        url = published.url
+        await published.aclose()  # a handle no longer published
+        for src, dst in [
+            (secret.as_uri(), "container:/golem/input/s"),
+            ("container:/golem/input/s", (tmp_path / "written").as_uri()),
+            (url, "container:/golem/input/s"),
+            ("local://" + "0" * 32, "container:/golem/input/s"),
+            (out.url, "container:/golem/input/s"),  # a destination is not a source
+        ]:
+            (result,) = await (await net.exec(activity, [Transfer(src, dst)], 30)).results()
+            assert result.result == "Error", (src, dst)
+        await net.terminate_agreement(agreement, "done")
+    assert not (tmp_path / "written").exists()
+
+
 async def test_reading_a_destination_nothing_was_uploaded_to_is_an_error() -> None:
     async with LocalNetwork(1) as net:
         out = await net.storage.new_destination("never.txt")
@@ -68,13 +93,13 @@ async def test_aclose_ends_everything_and_leaves_no_process_and_no_files() -> No
     published = await net.storage.publish_bytes(b"x")
     directory = net.directory
     assert directory is not None and directory.exists()
-    assert Path(published.url.removeprefix("file://")).exists()
+    assert published.path.exists()
     assert unit.sandbox_pid is not None
     await net.aclose()
     await net.aclose()  # idempotent
     received = [e async for e in events]  # ends once the network is closed
     assert not directory.exists()
-    assert not Path(published.url.removeprefix("file://")).exists()
+    assert not published.path.exists()
     assert sandbox_processes() == []
     assert [e.agreement_id for e in received if isinstance(e, Invoice)] == [agreement.id]
     assert all(p.agreements[a].state == "Terminated"

@@ -4,7 +4,7 @@ N providers (:mod:`.provider`) publish offers on an in-process market (:mod:`.ma
 are matched with Golem's constraint language, providers negotiate, approve agreements, run
 activities in real sandboxed execution units (:mod:`.activity`), send debit notes from measured
 usage and one invoice per agreement, and the requestor pays them from a ledger that enforces
-the budget (:mod:`.ledger`). Files move by ``file://`` URLs (:mod:`.storage`); images come from
+the budget (:mod:`.ledger`). Files move by the storage's own handles (:mod:`.storage`); images come from
 an image store (:mod:`workgen.provider.images`).
 
 Concurrency: the network owns one :class:`asyncio.TaskGroup`, entered by :meth:`start` and
@@ -46,7 +46,7 @@ from .ledger import Ledger, new_address
 from .market import Market, ParsedDemand, new_id
 from .payments import PaymentChannel
 from .provider import LocalProvider, NegotiationRejected, ProviderAgreement, ProviderContext
-from .storage import LocalStorage
+from .storage import SCHEME, LocalStorage
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ class LocalNetwork:
             debit_note_interval=self.debit_note_interval, work_root=activities,
             spawn=self._spawn, emit=self._payments.emit,
             availability_changed=self._availability_changed,
+            remote_schemes={SCHEME: self.storage.scheme},
         )
         for config in self._configs:
             provider = LocalProvider(config, new_address(), context)

@@ -33,6 +33,7 @@ from ...protocol.properties import (
     COM_PAYMENT_CHOSEN_PLATFORM, COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC, NODE_DEBUG_SUBNET,
     SRV_COMP_EXPIRATION, payment_platform_address,
 )
+from ...provider.exeunit.transfer import RemoteScheme
 from ...provider.exeunit.unit import ExeUnit, ExeUnitConfig
 from ...provider.runtime.sandbox import Resources
 from .activity import ActivityRecord, ClosedBy
@@ -67,6 +68,8 @@ class ProviderContext:
     """Send a debit note or an invoice to the requestor."""
     availability_changed: Callable[[LocalProvider], None]
     """The provider became busy (withdraw its offer) or free (publish a new one)."""
+    remote_schemes: Mapping[str, RemoteScheme] = field(default_factory=dict)
+    """How the execution units reach the requestor's storage (its handles, never host paths)."""
 
 
 @dataclass
@@ -281,8 +284,10 @@ class LocalProvider:
         activity = Activity(id=new_id(), agreement_id=pa.agreement.id)
         config = ExeUnitConfig(
             resources=Resources(mem_gib=self.config.mem_gib, storage_gib=self.config.storage_gib,
-                                max_processes=self.config.max_processes),
+                                max_processes=self.config.max_processes,
+                                cpu_threads=self.config.cpu_threads),
             inet=pa.inet, rootfs=rootfs, work_root=self._ctx.work_root,
+            remote_schemes=self._ctx.remote_schemes,
             hostname=self.name if _HOSTNAME.fullmatch(self.name) else "golem-provider",
         )
         record = ActivityRecord(activity, ExeUnit(activity.id, config))

@@ -2,21 +2,26 @@
 
 ``atEnd`` keeps the output (or its head, tail or both ends) for the command's result; ``stream``
 hands each chunk on as a runtime event while the command runs and keeps nothing. Memory stays
-bounded in every mode except a whole ``atEnd`` capture, which is capped by ``max_at_end`` bytes:
-hitting the cap fails the command instead of cutting its output. Whatever is left out is said in
+bounded in every mode: a whole ``atEnd`` capture is capped by ``max_at_end`` bytes, and hitting
+the cap fails the command (:class:`CaptureLimitExceeded`) rather than passing a cut output off as
+whole; what it keeps then is the first and last half of the cap. A head/tail limit above the cap
+keeps no more than the cap either (the command succeeds). Whatever is left out is said in
 the result's message, and text that is not valid UTF-8 is shown with ``\\x`` escapes and
-reported, never dropped.
+reported, never dropped (the caps count raw bytes, before any escaping).
 """
 
 from __future__ import annotations
 
 import codecs
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from ...protocol.exescript import AtEnd, CaptureMode, Stream
 
 DEFAULT_MAX_AT_END = 64 << 20
 ERROR_TAIL = 2048
+# Small pieces of output are gathered into blocks of this size before they are kept.
+_BLOCK = 64 << 10
 
 
 class CaptureLimitExceeded(Exception):
@@ -42,6 +47,58 @@ class _Text:
         return self._decoder.decode(data, final)
 
 
+class _Bytes:
+    """Bytes kept in order, as a list of blocks: appending never copies what is held, dropping
+    from the front never moves it, and what is held is never more than what was kept plus one
+    block (or one piece, if pieces are larger), whatever the sizes of the pieces appended (a
+    bytearray would over-allocate by an eighth, and copy itself whenever its front is cut)."""
+
+    def __init__(self) -> None:
+        self._blocks: deque[bytes] = deque()
+        self._skip = 0  # bytes of the first block that were dropped
+        self._open = bytearray()  # small pieces, until they make a block
+        self.size = 0
+
+    def append(self, data: bytes | bytearray) -> None:
+        if not data:
+            return
+        if len(data) >= _BLOCK:
+            self._close()
+            self._blocks.append(bytes(data))
+        else:
+            self._open += data
+            if len(self._open) >= _BLOCK:
+                self._close()
+        self.size += len(data)
+
+    def _close(self) -> None:
+        if self._open:
+            self._blocks.append(bytes(self._open))
+            self._open = bytearray()
+
+    def drop_front(self, count: int) -> None:
+        count = max(0, min(count, self.size))
+        self.size -= count
+        while count and self._blocks:
+            left = len(self._blocks[0]) - self._skip
+            if count < left:
+                self._skip += count
+                return
+            self._blocks.popleft()
+            self._skip = 0
+            count -= left
+        if count:
+            del self._open[:count]
+
+    def parts(self) -> list[bytes | memoryview]:
+        parts: list[bytes | memoryview] = list(self._blocks)
+        if parts and self._skip:
+            parts[0] = memoryview(parts[0])[self._skip:]
+        if self._open:
+            parts.append(bytes(self._open))
+        return parts
+
+
 class Collector:
     """Collects one stream (stdout or stderr) of one command."""
 
@@ -59,44 +116,61 @@ class Collector:
         self._max_at_end = max_at_end
         self._text = _Text() if mode is not None and mode.format != "bin" else None
         self.total = 0
-        self._head = bytearray()
-        self._tail = bytearray()
+        # An ``atEnd`` capture keeps its first and last bytes: a whole one up to half its cap
+        # each, so nothing is cut from output that fits the cap; one with a part its limit's
+        # worth, but never more than the cap (a requestor may ask for any limit).
+        self._limit = max_at_end
+        if isinstance(mode, AtEnd) and mode.part is not None:
+            assert mode.limit is not None
+            self._limit = min(mode.limit, max_at_end)
+        self._rooms = _split(mode.part if isinstance(mode, AtEnd) else None, self._limit)
+        self._head = _Bytes()
+        self._tail = _Bytes()
+        self._kept: tuple[int, int] | None = None  # (head, tail) once finished
+        self.overflowed = False
+        """Whether a whole capture outgrew its cap (:meth:`feed` raised)."""
         self._streamed = 0
         self._value: str | bytes | None = None
+        self._chars_cut = (0, 0)  # (characters of the text form, characters cut from it)
         # Always kept, whatever the mode: the end of stderr explains a failure in its message.
         self.last = bytearray()
 
-    async def feed(self, data: bytes) -> None:
+    async def feed(self, data: bytes | bytearray) -> None:
+        """Takes the next piece of the stream.
+
+        Raises :class:`CaptureLimitExceeded` when this piece takes a whole ``atEnd`` capture
+        over its cap (once: later pieces are taken, and cut, silently); the piece is kept all
+        the same, so the capture's tail is the end of what was fed.
+        """
         self.total += len(data)
-        self.last += data
+        self.last += data[-ERROR_TAIL:]
         if len(self.last) > ERROR_TAIL:
             del self.last[: len(self.last) - ERROR_TAIL]
         mode = self.mode
         if isinstance(mode, Stream):
             room = len(data) if mode.limit is None else max(0, mode.limit - self._streamed)
-            chunk = data[:room]
+            chunk = bytes(data[:room])  # no copy when data is bytes
             if chunk:
                 self._streamed += len(chunk)
-                await self._emit(self._text.decode(chunk) if self._text else bytes(chunk))
+                await self._emit(self._text.decode(chunk) if self._text else chunk)
         elif isinstance(mode, AtEnd):
-            if mode.part is None:
-                if self.total > self._max_at_end:
-                    raise CaptureLimitExceeded(
-                        f"{self.name} exceeded the {self._max_at_end} byte limit of a whole "
-                        "capture; capture it as a stream, or with head/tail limits"
-                    )
-                self._head += data
-                return
-            assert mode.limit is not None
-            head_room, tail_room = _split(mode)
-            if len(self._head) < head_room:
-                take = head_room - len(self._head)
-                self._head += data[:take]
-                data = data[take:]
-            if tail_room and data:
-                self._tail += data
-                if len(self._tail) > tail_room:
-                    del self._tail[: len(self._tail) - tail_room]
+            self._keep(data)
+            if mode.part is None and not self.overflowed and self.total > self._max_at_end:
+                self.overflowed = True
+                raise CaptureLimitExceeded(
+                    f"{self.name} exceeded the {self._max_at_end} byte limit of a whole "
+                    "capture; capture it as a stream, or with head/tail limits"
+                )
+
+    def _keep(self, data: bytes | bytearray) -> None:
+        head_room, tail_room = self._rooms
+        if self._head.size < head_room:
+            take = head_room - self._head.size
+            self._head.append(data if take >= len(data) else data[:take])
+            data = data[take:]
+        if tail_room and data:
+            self._tail.append(data if len(data) <= tail_room else data[-tail_room:])
+            self._tail.drop_front(self._tail.size - tail_room)
 
     async def finish(self) -> None:
         """Called once the command has exited; call before :meth:`value` and :meth:`notes`."""
@@ -104,9 +178,22 @@ class Collector:
             rest = self._text.decode(b"", final=True)
             if rest:
                 await self._emit(rest)
-        elif isinstance(self.mode, AtEnd):
-            data = bytes(self._head + self._tail)
-            self._value = data if self._text is None else self._text.decode(data, final=True)
+        elif isinstance(self.mode, AtEnd) and self._kept is None:
+            self._kept = (self._head.size, self._tail.size)
+            parts = [*self._head.parts(), *self._tail.parts()]
+            self._head, self._tail = _Bytes(), _Bytes()  # held once, in the value, from now
+            if self._text is None:
+                self._value = b"".join(parts)
+                return
+            # Escapes make bad bytes four characters each: the text is kept to the cap in
+            # characters too, piece by piece, so it never grows to four times the cap.
+            text = _HeadTailText(self._limit)
+            for part in parts:
+                for at in range(0, len(part), _BLOCK):
+                    text.add(self._text.decode(bytes(part[at:at + _BLOCK])))
+            text.add(self._text.decode(b"", final=True))
+            self._value = text.value()
+            self._chars_cut = (text.total, text.total - len(self._value))
 
     def value(self) -> str | bytes | None:
         """What goes in the result's ``stdout``/``stderr`` field."""
@@ -115,13 +202,22 @@ class Collector:
     def notes(self) -> list[str]:
         notes = []
         mode = self.mode
-        if isinstance(mode, AtEnd) and mode.part is not None:
-            kept = len(self._head) + len(self._tail)
-            if kept < self.total:
+        if isinstance(mode, AtEnd):
+            head, tail = self._kept or (self._head.size, self._tail.size)
+            kept = head + tail
+            if kept < self.total and mode.part is None:
+                notes.append(
+                    f"{self.name}: {self.total} bytes exceed the {self._max_at_end} byte limit "
+                    f"of a whole capture; kept the first {head} and last {tail} bytes, "
+                    f"cut {self.total - kept}"
+                )
+            elif kept < self.total and mode.part is not None:
                 where = {"head": "first", "tail": "last", "headTail": "first and last"}[mode.part]
+                capped = (f", capped at this provider's {self._limit}"
+                          if self._limit != mode.limit else "")
                 notes.append(
                     f"{self.name}: kept the {where} {kept} of {self.total} bytes "
-                    f"({mode.part} limit {mode.limit})"
+                    f"({mode.part} limit {mode.limit}{capped})"
                 )
         if isinstance(mode, Stream) and self._streamed < self.total:
             notes.append(
@@ -131,17 +227,51 @@ class Collector:
         if self._text is not None and self._text.invalid:
             notes.append(f"{self.name}: not valid UTF-8, bad bytes shown as \\x escapes "
                          "(capture with format 'bin' for the exact bytes)")
+        chars, cut = self._chars_cut
+        if cut:
+            notes.append(f"{self.name}: its text with escapes ran to {chars} characters; kept "
+                         f"the first and last {chars - cut} within the {self._limit} limit, "
+                         f"cut {cut}")
         return notes
 
     def tail_text(self) -> str:
         return bytes(self.last).decode("utf-8", errors="backslashreplace").strip()
 
 
-def _split(mode: AtEnd) -> tuple[int, int]:
-    """Bytes kept from the start and from the end for a head/tail/headTail limit."""
-    assert mode.limit is not None
-    if mode.part == "head":
-        return mode.limit, 0
-    if mode.part == "tail":
-        return 0, mode.limit
-    return mode.limit // 2, mode.limit - mode.limit // 2
+class _HeadTailText:
+    """The first and last characters of a text given piece by piece, at most ``limit`` in all."""
+
+    def __init__(self, limit: int) -> None:
+        self._head_room = limit // 2
+        self._tail_room = limit - self._head_room
+        self._head: list[str] = []
+        self._head_len = 0
+        self._tail: deque[str] = deque()
+        self._tail_len = 0
+        self.total = 0
+
+    def add(self, piece: str) -> None:
+        self.total += len(piece)
+        if self._head_len < self._head_room:
+            take = piece[: self._head_room - self._head_len]
+            self._head.append(take)
+            self._head_len += len(take)
+            piece = piece[len(take):]
+        if piece:
+            self._tail.append(piece)
+            self._tail_len += len(piece)
+            while self._tail and self._tail_len - len(self._tail[0]) >= self._tail_room:
+                self._tail_len -= len(self._tail.popleft())
+
+    def value(self) -> str:
+        tail = "".join(self._tail)
+        return "".join(self._head) + tail[max(0, len(tail) - self._tail_room):]
+
+
+def _split(part: str | None, limit: int) -> tuple[int, int]:
+    """Bytes kept from the start and from the end for a head/tail/headTail (or whole) limit."""
+    if part == "head":
+        return limit, 0
+    if part == "tail":
+        return 0, limit
+    return limit // 2, limit - limit // 2

@@ -1,9 +1,18 @@
-"""The ``transfer`` command: copies between ``container:`` paths and ``file://``/``http(s)://`` URLs.
+"""The ``transfer`` command: copies between a ``container:`` path and a URL.
 
-A ``container:`` path must lie inside one of the activity's volumes: ``..`` components are
-refused outright, and symbolic links are resolved on the host side so that a link planted in a
-volume cannot lead a transfer out of it. Files the transfer creates belong to the sandbox's
-user, so the activity can go on using them. Data is copied in chunks, never held whole.
+Everything in it is the requestor's choice, so none of it may reach the provider's host:
+
+* container paths are opened beneath their volume's directory (:mod:`.volumes`): no symbolic
+  link, ``..`` or rename race leads out of the volume;
+* ``file://`` is refused: a requestor has no business naming the provider's files. Storage that
+  the provider's host does serve (the local network's, GFTP on a yagna node) comes as a
+  :class:`RemoteScheme` of its own, whose URLs name only what was published through it;
+* ``http(s)://`` is allowed only to an activity with network access (``inet``). Such an
+  activity shares the provider's network namespace, so the request reaches exactly what the
+  activity's commands could reach themselves. Without ``inet`` it is refused outright.
+
+Data moves in chunks through descriptors, never held whole; a failed download leaves no
+half-written file behind.
 """
 
 from __future__ import annotations
@@ -14,8 +23,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import BinaryIO, Protocol
+
+from .volumes import VolumeError, Volumes, describe
+
+__all__ = ["RemoteScheme", "TransferError", "Volumes", "transfer"]
 
 CHUNK = 1 << 20
 HTTP_TIMEOUT = 60.0
@@ -25,198 +38,140 @@ class TransferError(Exception):
     """A transfer that cannot be done (bad URL, refused path, I/O or HTTP failure)."""
 
 
-class Volumes:
-    """The activity's container paths and the host directories behind them."""
+class RemoteScheme(Protocol):
+    """A transport for a URL scheme served by the provider's node (``gftp://`` on yagna).
 
-    def __init__(self, mapping: Mapping[str, Path], owner: tuple[int, int] | None):
-        # Longest container path first, so /golem/work/sub would win over /golem/work.
-        self._mapping = sorted(mapping.items(), key=lambda kv: -len(kv[0]))
-        self._owner = owner
+    Both calls get an open descriptor owned by the caller: the transport reads or writes
+    through it and never opens a path of its own.
+    """
 
-    def resolve(self, container_path: str) -> Path:
-        """The host path for a container path, or :class:`TransferError` if it escapes."""
-        path = PurePosixPath(container_path)
-        if not path.is_absolute():
-            raise TransferError(f"container path {container_path!r} must be absolute")
-        if ".." in path.parts:
-            raise TransferError(f"container path {container_path!r} contains '..'")
-        for mount, host in self._mapping:
-            try:
-                rel = path.relative_to(mount)
-            except ValueError:
-                continue
-            target = host.joinpath(*rel.parts)
-            real_root = os.path.realpath(host)
-            real = os.path.realpath(target)
-            if real != real_root and not real.startswith(real_root + os.sep):
-                raise TransferError(
-                    f"container path {container_path!r} leads outside its volume {mount}"
-                )
-            return Path(real)
-        mounts = ", ".join(sorted(m for m, _ in self._mapping))
-        raise TransferError(f"container path {container_path!r} is not inside a volume ({mounts})")
+    async def fetch(self, url: str, fd: int) -> int:
+        """Write the content at ``url`` into ``fd`` from offset 0; return its size."""
 
-    def make_parents(self, target: Path) -> None:
-        missing = []
-        parent = target.parent
-        while not parent.exists():
-            missing.append(parent)
-            parent = parent.parent
-        for directory in reversed(missing):
-            directory.mkdir()
-            self.give(directory)
-
-    def give(self, path: Path) -> None:
-        """Hand a file we created to the sandbox's user."""
-        if self._owner is not None:
-            os.chown(path, *self._owner, follow_symlinks=False)
+    async def push(self, fd: int, url: str) -> int:
+        """Send the content of ``fd`` to ``url``; return the number of bytes sent."""
 
 
 def _split(url: str) -> tuple[str, str]:
+    if not isinstance(url, str) or "\0" in url:
+        raise TransferError(f"{url!r} is not a URL")
     scheme, sep, rest = url.partition(":")
-    if not sep:
-        raise TransferError(f"{url!r} is not a URL (expected container:, file:, http: or https:)")
+    if not sep or not scheme:
+        raise TransferError(f"{url!r} is not a URL (expected container:, http:, https: "
+                            "or the provider's storage scheme)")
     return scheme.lower(), rest
 
 
-def _file_path(url: str) -> Path:
-    parsed = urllib.parse.urlparse(url)
-    if parsed.netloc not in ("", "localhost"):
-        raise TransferError(f"file URL {url!r} names a remote host")
-    path = urllib.parse.unquote(parsed.path)
-    if not path.startswith("/"):
-        raise TransferError(f"file URL {url!r} must hold an absolute path")
-    return Path(path)
-
-
-class RemoteScheme(Protocol):
-    """A transport for URLs the host cannot open itself (``gftp://`` on a yagna node)."""
-
-    async def fetch(self, url: str, dest: Path) -> int: ...
-
-    async def push(self, src: Path, url: str) -> int: ...
-
-
 async def transfer(src: str, dst: str, volumes: Volumes,
-                   remote: Mapping[str, RemoteScheme] | None = None) -> int:
+                   remote: Mapping[str, RemoteScheme] | None = None, *,
+                   inet: bool = False) -> int:
     """Copy ``src`` to ``dst``; returns the number of bytes copied."""
-    src_scheme, src_rest = _split(src)
-    dst_scheme, dst_rest = _split(dst)
     remote = remote or {}
-    if src_scheme in remote or dst_scheme in remote:
-        try:
-            if src_scheme in remote and dst_scheme == "container":
-                if dst_rest.endswith("/"):
-                    dst_rest += PurePosixPath(src_rest).name or "download"
-                target = volumes.resolve(dst_rest)
-                volumes.make_parents(target)
-                size = await remote[src_scheme].fetch(src, target)
-                volumes.give(target)
-                return size
-            if dst_scheme in remote and src_scheme == "container":
-                return await remote[dst_scheme].push(volumes.resolve(src_rest), dst)
-        except TransferError:
-            raise
-        except Exception as exc:
-            raise TransferError(f"{src} -> {dst}: {exc}") from exc
-        raise TransferError("a transfer goes into or out of the container: one side must be "
-                            f"a container: path (got {src!r} -> {dst!r})")
-    return await asyncio.to_thread(_transfer, src, dst, volumes)
-
-
-def _transfer(src: str, dst: str, volumes: Volumes) -> int:
     src_scheme, src_rest = _split(src)
     dst_scheme, dst_rest = _split(dst)
-    if "container" not in (src_scheme, dst_scheme):
-        raise TransferError("a transfer goes into or out of the container: one side must be "
-                            f"a container: path (got {src!r} -> {dst!r})")
-    with _open_source(src, src_scheme, src_rest, volumes) as (reader, name):
-        if dst_scheme == "container":
-            if dst_rest.endswith("/"):
-                dst_rest += name
-            target = volumes.resolve(dst_rest)
-            volumes.make_parents(target)
-            return _write_file(reader, target, volumes)
-        if dst_scheme == "file":
-            path = _file_path(dst)
-            if dst.endswith("/"):
-                path = path / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return _write_file(reader, path, None)
-        if dst_scheme in ("http", "https"):
-            return _http_put(reader, dst)
-        raise _unsupported(dst_scheme, dst)
-
-
-class _open_source:
-    """Opens a transfer's source as a binary reader and gives the name to use for ``dir/``."""
-
-    def __init__(self, url: str, scheme: str, rest: str, volumes: Volumes):
-        self._url, self._scheme, self._rest, self._volumes = url, scheme, rest, volumes
-        self._reader: BinaryIO | None = None
-
-    def __enter__(self) -> tuple[BinaryIO, str]:
-        url = self._url
-        try:
-            if self._scheme == "container":
-                path = self._volumes.resolve(self._rest)
-                self._reader = open(path, "rb")
-                return self._reader, path.name
-            if self._scheme == "file":
-                path = _file_path(url)
-                self._reader = open(path, "rb")
-                return self._reader, path.name
-            if self._scheme in ("http", "https"):
-                response = urllib.request.urlopen(url, timeout=HTTP_TIMEOUT)
-                self._reader = response
-                name = PurePosixPath(urllib.parse.urlparse(url).path).name or "download"
-                return response, name
-        except IsADirectoryError as exc:
-            raise TransferError(f"{url!r} is a directory; transfers copy single files") from exc
-        except FileNotFoundError as exc:
-            raise TransferError(f"{url!r} does not exist") from exc
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            raise TransferError(f"GET {url} failed: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise TransferError(f"cannot read {url!r}: {exc}") from exc
-        raise _unsupported(self._scheme, url)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._reader is not None:
-            self._reader.close()
-
-
-def _unsupported(scheme: str, url: str) -> TransferError:
-    if scheme == "gftp":
-        return TransferError(f"{url!r}: gftp:// transfers need a provider on a yagna node")
-    return TransferError(f"{url!r}: unsupported URL scheme {scheme!r}")
-
-
-def _write_file(reader: BinaryIO, target: Path, volumes: Volumes | None) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    if (src_scheme == "container") == (dst_scheme == "container"):
+        raise TransferError("a transfer goes into or out of the container: exactly one side "
+                            f"must be a container: path (got {src!r} -> {dst!r})")
+    other, other_scheme = (dst, dst_scheme) if src_scheme == "container" else (src, src_scheme)
+    _check_scheme(other_scheme, other, remote, inet)
     try:
-        fd = os.open(target, flags, 0o644)
-    except IsADirectoryError as exc:
-        raise TransferError(f"destination {target.name!r} is a directory") from exc
+        if src_scheme == "container":
+            return await _upload(volumes, src_rest, dst, dst_scheme, remote)
+        if dst_rest.endswith("/"):
+            dst_rest += _url_name(src)
+        return await _download(volumes, src, src_scheme, dst_rest, remote)
+    except TransferError:
+        raise
+    except VolumeError as exc:
+        raise TransferError(str(exc)) from exc
     except OSError as exc:
-        raise TransferError(f"cannot write {target.name!r}: {exc.strerror}") from exc
+        raise TransferError(f"{src} -> {dst}: {describe(exc)}") from exc
+    except Exception as exc:  # a remote transport's own failure (GFTP, the local storage)
+        raise TransferError(f"{src} -> {dst}: {exc}") from exc
+
+
+def _check_scheme(scheme: str, url: str, remote: Mapping[str, RemoteScheme], inet: bool) -> None:
+    if scheme in remote:
+        return
+    if scheme in ("http", "https"):
+        if not inet:
+            raise TransferError(f"{url!r}: this activity has no network access, so it can't "
+                                "transfer from or to the network (the demand must ask for inet)")
+        return
+    if scheme == "file":
+        raise TransferError(f"{url!r}: file URLs are not accepted; the provider's files are "
+                            "not the requestor's to name")
+    if scheme == "gftp":
+        raise TransferError(f"{url!r}: gftp:// transfers need a provider on a yagna node")
+    raise TransferError(f"{url!r}: unsupported URL scheme {scheme!r}")
+
+
+def _url_name(url: str) -> str:
+    name = PurePosixPath(urllib.parse.urlsplit(url).path).name
+    return name if name not in ("", ".", "..") else "download"
+
+
+async def _download(volumes: Volumes, src: str, scheme: str, dst_path: str,
+                    remote: Mapping[str, RemoteScheme]) -> int:
+    fd = await asyncio.to_thread(volumes.open_write, dst_path)
+    done = False
+    try:
+        if scheme in remote:
+            size = await remote[scheme].fetch(src, fd)
+        else:
+            size = await asyncio.to_thread(_http_get, src, fd)
+        done = True
+        return size
+    finally:
+        os.close(fd)
+        if not done:
+            await asyncio.to_thread(volumes.remove, dst_path)
+
+
+async def _upload(volumes: Volumes, src_path: str, dst: str, scheme: str,
+                  remote: Mapping[str, RemoteScheme]) -> int:
+    fd = await asyncio.to_thread(volumes.open_read, src_path)
+    try:
+        if scheme in remote:
+            return await remote[scheme].push(fd, dst)
+        return await asyncio.to_thread(_http_put, fd, dst)
+    finally:
+        os.close(fd)
+
+
+def _http_get(url: str, fd: int) -> int:
+    try:
+        response: BinaryIO = urllib.request.urlopen(url, timeout=HTTP_TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise TransferError(f"GET {url} failed: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise TransferError(f"cannot read {url!r}: {exc}") from exc
     total = 0
-    with os.fdopen(fd, "wb") as out:
-        if volumes is not None:
-            volumes.give(target)
-        while chunk := reader.read(CHUNK):
-            out.write(chunk)
+    with response:
+        while True:
+            try:
+                chunk = response.read(CHUNK)
+            except OSError as exc:
+                raise TransferError(f"reading {url!r} failed: {exc}") from exc
+            if not chunk:
+                return total
+            _write_all(fd, chunk)
             total += len(chunk)
-    return total
 
 
-def _http_put(reader: BinaryIO, url: str) -> int:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _http_put(fd: int, url: str) -> int:
     sent = 0
 
     def chunks() -> Iterator[bytes]:
         nonlocal sent
-        while chunk := reader.read(CHUNK):
+        while chunk := os.read(fd, CHUNK):
             sent += len(chunk)
             yield chunk
 
@@ -227,6 +182,6 @@ def _http_put(reader: BinaryIO, url: str) -> int:
     except urllib.error.HTTPError as exc:
         exc.close()
         raise TransferError(f"PUT {url} failed: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         raise TransferError(f"cannot write {url!r}: {exc}") from exc
     return sent

@@ -19,9 +19,7 @@ import contextlib
 import enum
 import logging
 import os
-import shutil
 import signal
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -36,17 +34,20 @@ from ...protocol.exescript import (
 from ...protocol.results import (
     CommandResult, Finished, RuntimeEvent, Started, StdErr, StdOut, utc_now,
 )
-from ..runtime.channel import SandboxError, SandboxLost, SupervisorChannel
+from ..runtime.channel import CommandHandle, SandboxError, SandboxLost, SupervisorChannel
 from ..runtime.sandbox import DEFAULT_PATH, Resources, SandboxSpec, open_sandbox, sandbox_user
 from .batch import Batch, EventSubscription
 from .capture import DEFAULT_MAX_AT_END, Collector
-from .transfer import RemoteScheme, TransferError, Volumes, transfer
+from .transfer import RemoteScheme, TransferError, transfer
+from .volumes import Volumes
+from .workdir import ActivityDir, make_activity_dir
 
 log = logging.getLogger(__name__)
 
-VOLUMES = ("/golem/input", "/golem/output", "/golem/resource", "/golem/work")
 WORKDIR = "/golem/work"
 USAGE_VECTOR = ("golem.usage.duration_sec", "golem.usage.cpu_sec")
+KILL_TIMEOUT = 5.0
+"""How long a killed command may take to be confirmed gone before the sandbox is destroyed."""
 
 
 class ActivityState(enum.Enum):
@@ -77,7 +78,8 @@ class ExeUnitConfig:
     max_at_end: int = DEFAULT_MAX_AT_END
     hostname: str = "golem-provider"
     remote_schemes: Mapping[str, RemoteScheme] = field(default_factory=dict)
-    """Transports for URL schemes beyond file and http(s), e.g. ``gftp`` on a yagna node."""
+    """Transports for storage the provider's node serves (``gftp`` on a yagna node, the local
+    network's handles); ``file://`` is never one of them."""
 
 
 class _Failed(Exception):
@@ -115,7 +117,7 @@ class ExeUnit:
         self._batches: dict[str, Batch] = {}
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
-        self._dir: Path | None = None
+        self._dir: ActivityDir | None = None
         self._volumes: Volumes | None = None
         self._user = sandbox_user()
         self._env: dict[str, str] = {}
@@ -126,6 +128,8 @@ class ExeUnit:
         self._started_at = time.monotonic()
         self._ended_at: float | None = None
         self._cpu_sec = 0.0
+        self._seen_ooms = 0
+        self._seen_forks = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -169,8 +173,11 @@ class ExeUnit:
             with contextlib.suppress(Exception):
                 await self._sandbox_done
         self._channel = None
+        if self._volumes is not None:
+            self._volumes.close()
+            self._volumes = None
         if self._dir is not None:
-            await asyncio.to_thread(_remove_tree, self._dir)
+            await self._dir.aclose()
             self._dir = None
         self._ended_at = time.monotonic()
         self._set_state(ActivityState.TERMINATED)
@@ -180,7 +187,7 @@ class ExeUnit:
 
     def exec(
         self,
-        batch: Sequence[Command] | str,
+        batch: Sequence[Command] | str | bytes,
         *,
         batch_id: str | None = None,
         timeout: float | None = None,
@@ -194,7 +201,8 @@ class ExeUnit:
             raise RuntimeError("the execution unit is not running: use it in 'async with'")
         if self.state is ActivityState.TERMINATED:
             raise ExeUnitError(f"activity {self.activity_id} is terminated ({self.state_reason})")
-        commands = parse_batch(batch) if isinstance(batch, str) else list(batch)
+        commands = (parse_batch(batch) if isinstance(batch, (str, bytes))
+                    else list(batch))
         if not commands:
             raise ValueError("a batch needs at least one command")
         batch_id = batch_id or uuid.uuid4().hex
@@ -259,11 +267,20 @@ class ExeUnit:
         return self._channel.pid if self._channel is not None else None
 
     @property
+    def cgroup_description(self) -> str | None:
+        """Where the running sandbox's per-activity limits live, or ``None`` (no cgroup)."""
+        channel = self._channel
+        return channel.cgroup.description if channel and channel.cgroup else None
+
+    @property
+    def sandbox_supervisor_pid(self) -> int | None:
+        """Host PID of the sandbox's supervisor (its namespace's init), or ``None``."""
+        return self._channel.init_pid if self._channel is not None else None
+
+    @property
     def volumes(self) -> Mapping[str, Path]:
         """Host directories behind the container volumes (empty before ``deploy``)."""
-        if self._dir is None:
-            return {}
-        return {v: self._dir / v.strip("/").replace("/", "_") for v in VOLUMES}
+        return self._dir.volumes if self._dir is not None else {}
 
     # -- running batches --------------------------------------------------------------------
 
@@ -323,7 +340,7 @@ class ExeUnit:
             assert self._volumes is not None
             try:
                 size = await transfer(cmd.from_, cmd.to, self._volumes,
-                                      self.config.remote_schemes)
+                                      self.config.remote_schemes, inet=self.config.inet)
             except TransferError as exc:
                 raise _Failed(f"transfer failed: {exc}") from exc
             return _Outcome(message=f"transferred {size} bytes")
@@ -352,23 +369,19 @@ class ExeUnit:
             root.mkdir(parents=True, exist_ok=True)
             if self._user is not None:
                 _check_searchable(root)
-        self._dir = Path(tempfile.mkdtemp(prefix=f"workgen-act-{self.activity_id[:12]}-",
-                                          dir=root))
-        # Searchable, not listable: the sandbox's own user must reach its volumes through it.
-        os.chmod(self._dir, 0o711)
-        for path in self.volumes.values():
-            path.mkdir(mode=0o700)
-            if self._user is not None:
-                os.chown(path, *self._user)
+        self._dir = await make_activity_dir(root, self.activity_id,
+                                            self.config.resources.storage_bytes, self._user)
         self._volumes = Volumes(self.volumes, self._user)
         self._env = dict(cmd.env)
         self._set_state(ActivityState.DEPLOYED)
 
     async def _start(self) -> None:
         assert self._tg is not None
+        assert self._dir is not None
         spec = SandboxSpec(
             volumes=self.volumes, resources=self.config.resources, inet=self.config.inet,
-            rootfs=self.config.rootfs, hostname=self.config.hostname,
+            rootfs=self.config.rootfs, hostname=self.config.hostname, tmp=self._dir.tmp,
+            name=f"act-{self.activity_id[:12]}",
         )
         started: asyncio.Future[SupervisorChannel] = asyncio.get_running_loop().create_future()
         self._sandbox_done = self._tg.create_task(self._keep_sandbox(spec, started))
@@ -436,9 +449,7 @@ class ExeUnit:
             raise _Failed(f"run: the activity's sandbox was lost while the command ran ({exc})")
         finally:
             if not handle.exited.done():
-                channel.kill(handle.id)
-                with contextlib.suppress(SandboxError):
-                    await handle.exited
+                await _kill_command(channel, handle)
         await out.finish()
         await err.finish()
         code = exit_.return_code
@@ -454,14 +465,50 @@ class ExeUnit:
                 code = 128 + sig
             else:
                 reason = f"command exited with return code {code}"
+            notes.extend(self._limits_hit(channel, code))
             tail = err.tail_text()
             raise _failed_with_output(reason + (f": {tail}" if tail else ""), code, out, err, notes)
         return _Outcome(stdout=out.value(), stderr=err.value(),
                         message="; ".join(notes) if notes else None)
 
+    def _limits_hit(self, channel: SupervisorChannel, code: int) -> list[str]:
+        """Which of the activity's limits a failed command ran into, if any."""
+        hits = []
+        resources = self.config.resources
+        cgroup = channel.cgroup
+        if cgroup is not None:
+            ooms, forks = cgroup.oom_kills(), cgroup.pids_max_hits()
+            if ooms > self._seen_ooms:
+                hits.append(f"the activity's memory limit ({resources.mem_gib:g} GiB for all its "
+                            "processes together) was reached and a process was killed")
+            if forks > self._seen_forks:
+                hits.append(f"the activity's process limit ({resources.max_processes}) refused "
+                            f"{forks - self._seen_forks} new process(es)")
+            self._seen_ooms, self._seen_forks = ooms, forks
+        if code == 128 + signal.SIGXFSZ:
+            hits.append(f"a file reached the activity's file size limit "
+                        f"({resources.storage_gib:g} GiB)")
+        if code == 128 + signal.SIGXCPU:
+            hits.append("the command reached its CPU time limit")
+        return hits
+
     async def _lost(self, reason: str) -> None:
         log.warning("activity %s lost its sandbox: %s", self.activity_id, reason)
         await self._shutdown(f"sandbox lost: {reason}")
+
+
+async def _kill_command(channel: SupervisorChannel, handle: CommandHandle) -> None:
+    """Kill a running command (a timeout, a cancel) and wait for it, within a bound: if the
+    supervisor does not confirm in time, the whole sandbox is killed from the host."""
+    with contextlib.suppress(SandboxError):
+        channel.kill(handle.id)
+    try:
+        async with asyncio.timeout(KILL_TIMEOUT):
+            await asyncio.shield(handle.exited)
+    except TimeoutError:
+        channel.destroy(f"command {handle.id} did not end within {KILL_TIMEOUT:g}s of being killed")
+    except SandboxError:
+        pass
 
 
 def _failed_with_output(
@@ -500,15 +547,3 @@ def _check_searchable(root: Path) -> None:
                 f"deploy: the work root {root} is not reachable by sandbox users: "
                 f"{directory} lacks search permission for others (chmod o+x)"
             )
-
-
-def _remove_tree(path: Path) -> None:
-    def fix_and_retry(func: Any, p: str, exc: Any) -> None:
-        # A sandbox may leave directories without write permission; we own them, so fix it.
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-        with contextlib.suppress(FileNotFoundError):
-            func(p)
-
-    shutil.rmtree(path, onerror=fix_and_retry)

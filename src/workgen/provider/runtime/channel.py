@@ -16,16 +16,26 @@ import signal
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..._aio import task_scope
+from .cgroup import ActivityCgroup
 from .supervisor import SOURCE, SOURCE_MARKER
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 READY, SPAWNED, FAILED, STDOUT, STDERR, EXIT, USAGE = 1, 2, 3, 4, 5, 6, 7
 _HEADER = struct.Struct("!BII")
 CLOSE_TIMEOUT = 5.0
+ANSWER_TIMEOUT = 30.0
+"""How long a request to the supervisor may go unanswered before the sandbox counts as broken
+(and is killed from the host): it answers at once unless the machine is badly overloaded."""
+# The wrapper a gated sandbox starts under: it waits for one line on stdin (sent once the host
+# has put its pid into the activity's cgroup), then becomes bubblewrap with the same pid, so
+# nothing of the sandbox ever runs outside the group. Shells read a pipe byte by byte here, so
+# the supervisor's own requests stay unread until it runs.
+_GATE = ["/bin/sh", "-c", 'read -r _ && exec "$@"', "workgen-gate"]
 
 OutputCallback = Callable[[int, bytes], Awaitable[None]]
 """Called with ``1`` (stdout) or ``2`` (stderr) and a chunk; awaiting it applies back-pressure."""
@@ -66,9 +76,17 @@ class SupervisorChannel:
         self._commands: dict[int, _Pending] = {}
         self._usage: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 1
+        self._abandoned: set[int] = set()
         self._closing = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lost: SandboxLost | None = None
+        self.init_pid: int | None = None
+        """Host pid of the sandbox's init (the supervisor itself), once known."""
+        self.cgroup: ActivityCgroup | None = None
+        """The activity's cgroup, when limits hold per activity (its counters explain kills)."""
+        self.killers: list[Callable[[], None]] = []
+        """Ways to kill every process of the sandbox from the host (the sandbox adds its init's
+        pidfd and its cgroup); :meth:`destroy` uses them all."""
 
     @property
     def pid(self) -> int:
@@ -91,9 +109,12 @@ class SupervisorChannel:
         self._commands[cid] = pending
         try:
             self._send({"op": "spawn", "id": cid, "argv": list(argv), "env": dict(env), "cwd": cwd})
-            pid = await pending.spawned
+            pid = await self._answer(pending.spawned, "spawn a command")
         except BaseException:
-            self._commands.pop(cid, None)
+            if self._commands.pop(cid, None) is not None and self.lost is None:
+                # Given up on (a timeout, a cancel) while the supervisor may be starting it: a
+                # command nobody waits for must not run on, so it is killed once it exists.
+                self._abandoned.add(cid)
             raise
         return CommandHandle(cid, pid, pending.exited)
 
@@ -110,9 +131,36 @@ class SupervisorChannel:
         self._usage[key] = fut
         try:
             self._send({"op": "usage", "id": key})
-            return float((await fut)["cpu_sec"])
+            return float((await self._answer(fut, "report usage"))["cpu_sec"])
         finally:
             self._usage.pop(key, None)
+
+    async def _answer(self, fut: asyncio.Future[_T], what: str) -> _T:
+        """The supervisor's answer, or the sandbox destroyed if none comes in time."""
+        try:
+            async with asyncio.timeout(ANSWER_TIMEOUT):
+                return await asyncio.shield(fut)
+        except TimeoutError:
+            self.destroy(f"the sandbox's supervisor did not {what} within {ANSWER_TIMEOUT:g}s")
+            assert self.lost is not None
+            raise self.lost from None
+
+    def destroy(self, reason: str) -> None:
+        """Kill every process of the sandbox from the host, whatever its supervisor does.
+
+        Synchronous and bounded: signals only. The channel then counts as lost (``reason``).
+        """
+        if self.lost is None:
+            log.warning("sandbox %d destroyed: %s", self.pid, reason)
+            self.lost = SandboxLost(reason)
+        for kill in self.killers:
+            try:
+                kill()
+            except OSError as exc:
+                log.warning("sandbox %d: %s", self.pid, exc)
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+        self._mark_lost()
 
     async def _read_frames(self) -> None:
         reader = self._process.stdout
@@ -133,11 +181,16 @@ class SupervisorChannel:
             pending = self._commands.get(cid)
             if pending is not None:
                 await pending.on_output(1 if kind == STDOUT else 2, payload)
+        elif kind == SPAWNED and cid in self._abandoned:
+            self._abandoned.discard(cid)
+            with contextlib.suppress(SandboxError, ConnectionError):
+                self._send({"op": "kill", "id": cid, "sig": int(signal.SIGKILL)})
         elif kind == SPAWNED:
             pending = self._commands.get(cid)
             if pending is not None and not pending.spawned.done():
                 pending.spawned.set_result(json.loads(payload)["pid"])
         elif kind == FAILED:
+            self._abandoned.discard(cid)
             pending = self._commands.pop(cid, None)
             if pending is not None and not pending.spawned.done():
                 pending.spawned.set_exception(SandboxError(payload.decode(errors="replace")))
@@ -152,6 +205,10 @@ class SupervisorChannel:
             if fut is not None and not fut.done():
                 fut.set_result(json.loads(payload))
         elif kind == READY:
+            info = json.loads(payload)
+            if info.get("shield") or not info.get("init"):
+                log.warning("sandbox %d: its supervisor is not fully out of its commands' reach: "
+                            "%s", self.pid, info.get("shield") or "it is not the namespace's init")
             if not self.ready.done():
                 self.ready.set_result(None)
         else:
@@ -188,10 +245,12 @@ class SupervisorChannel:
                 async with asyncio.timeout(CLOSE_TIMEOUT):
                     await asyncio.shield(self._process.wait())
             except TimeoutError:
-                log.warning("sandbox %d did not exit in %gs; killing it", self.pid, CLOSE_TIMEOUT)
-                with contextlib.suppress(ProcessLookupError):
-                    self._process.kill()
-        await self._process.wait()
+                self.destroy(f"it did not exit within {CLOSE_TIMEOUT:g}s of being closed")
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await asyncio.shield(self._process.wait())
+        except TimeoutError:
+            log.warning("sandbox %d: bubblewrap outlived SIGKILL by %gs", self.pid, CLOSE_TIMEOUT)
 
 
 @contextlib.asynccontextmanager
@@ -204,13 +263,17 @@ async def open_channel(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     pass_fds: Sequence[int] = (),
+    before_start: Callable[[int], None] | None = None,
 ) -> AsyncIterator[SupervisorChannel]:
     """Start ``argv + [python, -c, supervisor]`` and yield its channel once it is ready.
 
     ``argv`` is the wrapper (bubblewrap's command line ending with the interpreter), or just the
-    interpreter for an unsandboxed supervisor.
+    interpreter for an unsandboxed supervisor. ``before_start(pid)`` runs once the process
+    exists and before any of ``argv`` does (to put it in a cgroup); if it raises, nothing runs.
     """
     full = [*argv, "-I", "-S", "-c", SOURCE, json.dumps(dict(limits)), SOURCE_MARKER]
+    if before_start is not None:
+        full[:0] = _GATE
     try:
         process = await asyncio.create_subprocess_exec(
             *full,
@@ -228,6 +291,15 @@ async def open_channel(
         )
     except OSError as exc:
         raise SandboxError(f"cannot start the sandbox ({argv[0]}): {exc}") from exc
+    if before_start is not None:
+        assert process.stdin is not None
+        try:
+            before_start(process.pid)
+        except BaseException:
+            process.kill()
+            await process.wait()
+            raise
+        process.stdin.write(b"go\n")
     channel = SupervisorChannel(process)
     async with task_scope() as tg:
         tg.create_task(channel._read_frames())

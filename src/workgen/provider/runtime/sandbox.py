@@ -3,24 +3,32 @@
 ``sandbox`` (the default) puts each activity in one long-lived bubblewrap sandbox: new user, PID,
 IPC, UTS, cgroup and (unless the activity asks for ``inet``) network namespaces; the image's
 system directories read-only; a private ``/tmp``; the activity's volumes writable at their Golem
-paths; nothing else of the host. Inside, the supervisor (``supervisor.py``) spawns each command.
+paths; nothing else of the host. Inside, the supervisor (``supervisor.py``) is the namespace's
+init and spawns each command.
 When the provider runs as root, every sandbox also runs as a user id of its own, so the kernel's
-per-user limits (processes) hold per activity and no two activities share an owner.
+per-user limits (processes) hold per activity and no two activities share an owner, and in a
+cgroup of its own (``cgroup.py``), so memory, processes and CPU are limited for the activity as
+a whole. Without cgroups the limits fall back to rlimits, which bound each process only; a
+one-line warning says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
+import signal
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cgroup import ActivityCgroup, CgroupLimits, CgroupUnavailable
 from .channel import CLOSE_TIMEOUT, SandboxError, SupervisorChannel, open_channel
 
 log = logging.getLogger(__name__)
@@ -44,16 +52,43 @@ class Resources:
     cpu_threads: int | None = None
     """CPUs the activity's processes may run on (``None``: all of the provider's)."""
 
-    def rlimits(self) -> dict[str, int]:
-        return {
-            **({"cpus": self.cpu_threads} if self.cpu_threads else {}),
-            # Address space is the only memory limit an unprivileged process can set on itself;
-            # it bounds each process, which is what stops a runaway allocation.
-            "as": int(self.mem_gib * (1 << 30)),
-            "fsize": int(self.storage_gib * (1 << 30)),
+    def __post_init__(self) -> None:
+        for name in ("mem_gib", "storage_gib"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, not {value!r}")
+        if not (isinstance(self.max_processes, int) and self.max_processes > 0):
+            raise ValueError(f"max_processes must be a positive integer, not {self.max_processes!r}")
+        if self.cpu_threads is not None and not (
+                isinstance(self.cpu_threads, int) and self.cpu_threads > 0):
+            raise ValueError(f"cpu_threads must be a positive integer, not {self.cpu_threads!r}")
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.mem_gib * (1 << 30))
+
+    @property
+    def storage_bytes(self) -> int:
+        return int(self.storage_gib * (1 << 30))
+
+    def rlimits(self, *, per_activity: bool = False) -> dict[str, int]:
+        """The supervisor's rlimits; ``per_activity``: a cgroup already limits memory."""
+        limits = {
+            # A cgroup's CPU quota lets the activity use any core; pinning is the fallback.
+            **({"cpus": self.cpu_threads} if self.cpu_threads and not per_activity else {}),
+            "fsize": self.storage_bytes,
             "nproc": self.max_processes,
             "core": 0,
         }
+        if not per_activity:
+            # Without a cgroup, address space is the only memory limit a process can be given:
+            # it bounds each process, which at least stops one runaway allocation.
+            limits["as"] = self.memory_bytes
+        return limits
+
+    def cgroup_limits(self) -> CgroupLimits:
+        return CgroupLimits(memory_bytes=self.memory_bytes, max_pids=self.max_processes,
+                            cpu_threads=self.cpu_threads)
 
 
 @dataclass(frozen=True)
@@ -65,6 +100,11 @@ class SandboxSpec:
     rootfs: Path | None = None
     """An image's root directory; ``None`` means the host's own system directories."""
     hostname: str = "golem-provider"
+    tmp: Path | None = None
+    """A host directory for ``/tmp`` (on the activity's own disk); ``None``: a tmpfs of the
+    offered storage's size."""
+    name: str = "activity"
+    """Names the activity's cgroup (letters, digits, ``-``, ``_``, ``.``)."""
 
 
 def sandbox_user() -> tuple[int, int] | None:
@@ -94,7 +134,8 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
             "--unshare-cgroup-try"]
     if not spec.inet:
         argv.append("--unshare-net")
-    argv += ["--uid", "0", "--gid", "0", "--hostname", spec.hostname,
+    # --as-pid-1: the supervisor is the namespace's init, which no command can signal.
+    argv += ["--uid", "0", "--gid", "0", "--hostname", spec.hostname, "--as-pid-1",
              "--die-with-parent", "--new-session"]
     root = spec.rootfs
     if root is None:
@@ -119,7 +160,11 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
             f"the image has no {CONTAINER_PYTHON}, which the sandbox's supervisor needs "
             "(on Debian: apt-get install python3-minimal)"
         )
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    if spec.tmp is not None:
+        argv += ["--bind", str(spec.tmp), "/tmp"]
+    else:
+        argv += ["--size", str(spec.resources.storage_bytes), "--tmpfs", "/tmp"]
     for container_path, host_path in sorted(spec.volumes.items()):
         argv += ["--bind", str(host_path), container_path]
     # The root itself is bubblewrap's scratch tmpfs: make it read-only too, so that nothing
@@ -136,20 +181,28 @@ async def open_sandbox(
 ) -> AsyncIterator[SupervisorChannel]:
     """Start the activity's sandbox and yield the channel to its supervisor.
 
-    Leaving the block kills every process of the sandbox.
+    Leaving the block kills every process of the sandbox and removes its cgroup.
     """
     env = {"PATH": DEFAULT_PATH, "HOME": "/tmp", "LANG": "C.UTF-8"}
     uid, gid = user if user is not None else (None, None)
+    cgroup = await asyncio.to_thread(_activity_cgroup, spec)
     info_r, info_w = os.pipe()
     init_pidfd = -1
     try:
         argv = bwrap_argv(spec)
         argv[1:1] = ["--info-fd", str(info_w)]
-        async with open_channel(argv, limits=spec.resources.rlimits(), user=uid, group=gid,
-                                env=env, cwd="/", pass_fds=(info_w,)) as channel:
+        async with open_channel(argv, limits=spec.resources.rlimits(per_activity=cgroup is not None),
+                                user=uid, group=gid, env=env, cwd="/", pass_fds=(info_w,),
+                                before_start=cgroup.attach if cgroup else None) as channel:
             os.close(info_w)
             info_w = -1
-            init_pidfd = _open_init_pidfd(info_r)
+            channel.init_pid, init_pidfd = _open_init_pidfd(info_r)
+            channel.cgroup = cgroup
+            if init_pidfd >= 0:
+                pidfd = init_pidfd
+                channel.killers.append(lambda: _kill_pidfd(pidfd))
+            if cgroup is not None:
+                channel.killers.append(cgroup.kill_all)
             yield channel
         # bubblewrap exits as soon as the sandbox's init reports its end, while the kernel may
         # still be killing the rest of the namespace; the init is gone only once they all are.
@@ -159,17 +212,41 @@ async def open_sandbox(
         for fd in (info_r, info_w, init_pidfd):
             if fd >= 0:
                 os.close(fd)
+        if cgroup is not None:
+            await asyncio.to_thread(cgroup.remove)
 
 
-def _open_init_pidfd(info_fd: int) -> int:
-    """A pidfd for the sandbox's init, from bubblewrap's ``--info-fd`` report (or -1)."""
+def _activity_cgroup(spec: SandboxSpec) -> ActivityCgroup | None:
+    try:
+        return ActivityCgroup.create(f"{spec.name}-{secrets.token_hex(4)}",
+                                     spec.resources.cgroup_limits())
+    except CgroupUnavailable as exc:
+        _warn_no_cgroups(str(exc))
+        return None
+
+
+@functools.cache
+def _warn_no_cgroups(reason: str) -> None:
+    log.warning("cgroups unavailable (%s): memory is limited per process (RLIMIT_AS), not per "
+                "activity, and processes per user; no CPU quota", reason)
+
+
+def _kill_pidfd(pidfd: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+def _open_init_pidfd(info_fd: int) -> tuple[int | None, int]:
+    """The sandbox's init (the supervisor): its pid and a pidfd, from bubblewrap's
+    ``--info-fd`` report (``None, -1`` if that fails)."""
     os.set_blocking(info_fd, False)
     try:
         info = json.loads(os.read(info_fd, 4096) or b"{}")
-        return os.pidfd_open(int(info["child-pid"]))
+        pid = int(info["child-pid"])
+        return pid, os.pidfd_open(pid)
     except (OSError, ValueError, KeyError) as exc:
         log.warning("cannot follow the sandbox's init process: %s", exc)
-        return -1
+        return None, -1
 
 
 async def _wait_readable(fd: int, timeout: float) -> None:

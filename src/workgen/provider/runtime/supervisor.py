@@ -19,6 +19,13 @@ Protocol on the supervisor's stdin/stdout (the host side is ``channel.py``):
 
 Output flows with back-pressure: when the host reads slowly the outgoing buffer fills, the
 supervisor stops reading the commands' pipes, and the commands block on their writes.
+
+The commands share the supervisor's user, so it keeps out of their reach by other means: it is
+the PID namespace's init (bubblewrap's ``--as-pid-1``), which the kernel shields from every
+signal sent from inside the namespace, SIGKILL and SIGSTOP included; and it makes itself
+non-dumpable, so that without ``CAP_SYS_PTRACE`` no command can trace it or open its ``/proc``
+files. Being init it also reaps every orphan, and its exit ends every process in the sandbox.
+Deadlines never rely on it answering: the host kills the whole sandbox when it does not.
 """
 
 SOURCE_MARKER = "workgen-supervisor"
@@ -208,8 +215,21 @@ def apply_limits(limits):
         resource.setrlimit(res, (value, value))
 
 
+def shield():
+    # PR_SET_DUMPABLE = 4. Without ctypes (a minimal image) there is no way to ask; say so.
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(4, 0, 0, 0, 0) != 0:
+            return "prctl(PR_SET_DUMPABLE) failed: errno %d" % ctypes.get_errno()
+    except (ImportError, OSError, AttributeError) as exc:
+        return "cannot make the supervisor non-dumpable: %s" % exc
+    return None
+
+
 def main():
     limits = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    shield_problem = shield()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -222,7 +242,8 @@ def main():
     os.set_blocking(stdout, False)
     sel.register(stdin, selectors.EVENT_READ, ("in", 0))
     sel.register(wake_r, selectors.EVENT_READ, ("wake", 0))
-    send_json(READY, 0, {"pid": os.getpid()})
+    send_json(READY, 0, {"pid": os.getpid(), "init": os.getpid() == 1,
+                         "shield": shield_problem})
     inbuf = b""
     writing = False
     while True:

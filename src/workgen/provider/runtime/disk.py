@@ -1,0 +1,289 @@
+"""Per-activity disks: one ext4 filesystem bounds all that an activity stores.
+
+Part of the provider runtime, next to ``sandbox.py`` and ``cgroup.py``. The sandbox's writable
+places (the Golem volumes and its /tmp) are host directories under one per-activity directory;
+``open_disk`` mounts a filesystem of its own on that directory, so its size and inode count bound
+bytes and files for the activity as a whole, the sandbox's writes and the host's alike (both get
+ENOSPC past the bound), and the host's disk gives no more than that size to it.
+
+The filesystem is a sparse image file beside the directory, ``<directory>.<owner pid>.img`` (not
+inside, so the sandbox never sees it), loop-mounted nosuid,nodev. The pid in the name is the
+provider process that made it: after a crash, ``sweep_stale`` unmounts the disks of dead owners
+and removes their images.
+
+Needs root, loop devices, mkfs.ext4 and mount; ``disk_support`` says what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MIN_SIZE = 8 << 20  # below this mkfs.ext4's own metadata leaves too little room to be useful
+_INODE_RATIO = 16384
+_INODES_MIN, _INODES_MAX = 1024, 1_000_000
+_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/sbin:/usr/sbin:/bin:/usr/bin"])
+_ENV = {"PATH": _SEARCH_PATH, "LC_ALL": "C"}  # C locale: tool errors land in logs verbatim
+_MKFS_TIMEOUT, _MOUNT_TIMEOUT = 60.0, 30.0
+_UMOUNT_TIMEOUT = 10.0  # a plain umount writes the dirty pages back to the image first
+_BUSY_GRACE = 1.0  # how long a busy disk gets to be let go of before it is detached lazily
+
+
+class DiskUnavailable(Exception):
+    """No disk can be made here, or this one could not; the message says why."""
+
+
+@functools.cache
+def _tool(name: str) -> str | None:
+    return shutil.which(name, path=_SEARCH_PATH)
+
+
+def _exe(name: str) -> str:
+    return _tool(name) or name
+
+
+@functools.cache
+def disk_support() -> str | None:
+    """``None`` if disks can be made here, else why not (checked once; nothing is mounted)."""
+    if os.geteuid() != 0:
+        return "mounting a disk image needs root"
+    if not os.path.exists("/dev/loop-control"):
+        return "no loop devices (/dev/loop-control is missing)"
+    missing = [name for name in ("mkfs.ext4", "mount", "umount") if _tool(name) is None]
+    return f"not found on {_SEARCH_PATH}: {', '.join(missing)}" if missing else None
+
+
+async def _run(argv: list[str], timeout: float) -> tuple[int, str]:
+    """Runs a tool (no shell); returns its exit status (-1: timed out) and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env=_ENV)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), timeout)
+        return proc.returncode or 0, err.decode(errors="replace").strip()
+    except TimeoutError:
+        return -1, f"{argv[0]} timed out after {timeout:g} s"
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            # A tool stuck in the kernel may not die at once; it is reaped later then.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 1.0)
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """(mountpoint, source) of every mount we see, unescaped (mountinfo writes " " as \\040)."""
+    def unescape(s: str) -> str:
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), s)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        rows = [(left.split(), right.split()) for left, _, right in
+                (line.partition(" - ") for line in f)]
+    return [(unescape(a[4]), unescape(b[1])) for a, b in rows if len(a) > 4 and len(b) > 1]
+
+
+def _is_mounted(mountpoint: str) -> bool:
+    return any(mp == mountpoint for mp, _ in _mounts())
+
+
+async def _unmount(mountpoint: str) -> bool:
+    """Unmounts, detaching lazily if still busy after a grace; True if it is no longer mounted."""
+    umount = _exe("umount")
+    deadline = asyncio.get_running_loop().time() + _BUSY_GRACE
+    err = ""
+    while _is_mounted(mountpoint):
+        if asyncio.get_running_loop().time() >= deadline:
+            # Open files or a cwd inside keep it busy: detach it now; the kernel lets go of the
+            # filesystem (and, autoclear, of the loop device) when the last user does.
+            log.warning("disk at %s is busy (%s): detaching it lazily", mountpoint, err)
+            err = (await _run([umount, "-l", mountpoint], _UMOUNT_TIMEOUT))[1]
+            break
+        rc, err = await _run([umount, mountpoint], _UMOUNT_TIMEOUT)
+        if rc != 0:
+            await asyncio.sleep(0.1)
+    if _is_mounted(mountpoint):
+        log.warning("cannot unmount the disk at %s: %s", mountpoint, err)
+        return False
+    return True
+
+
+class ActivityDisk:
+    """A mounted disk of one activity (``open_disk`` makes it)."""
+
+    def __init__(self, directory: Path, mountpoint: str, image: Path, size_bytes: int,
+                 inodes: int) -> None:
+        self.directory = directory
+        self.image = image
+        self.size_bytes = size_bytes
+        self.inodes = inodes  # as mkfs made it: the request rounded up to fill inode tables
+        self._mountpoint = mountpoint
+        self._closing: asyncio.Future[None] | None = None
+        self.description = (f"ext4 image of {_human(size_bytes)}, {inodes} files, "
+                            f"loop-mounted at {mountpoint}")
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes used, files used), the filesystem's own metadata included; (0, 0) once closed."""
+        if self._closing is not None:
+            return 0, 0
+        st = os.statvfs(self._mountpoint)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_files - st.f_ffree
+
+    async def aclose(self) -> None:
+        """Unmounts and deletes the image; idempotent, bounded in time, never raises."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        # Shielded: a cancelled caller must not leave the disk half-closed.
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        try:
+            await _unmount(self._mountpoint)  # warns if it cannot
+        except Exception as e:  # e.g. umount vanished: the image must still go
+            log.warning("cannot unmount the disk at %s: %s", self._mountpoint, e)
+        try:
+            # Still attached (lazily unmounted): the space returns when the loop device lets go.
+            self.image.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("cannot remove disk image %s: %s", self.image, e)
+
+
+def _human(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+async def open_disk(directory: Path, size_bytes: int, *, inodes: int | None = None,
+                    owner_pid: int | None = None) -> ActivityDisk:
+    """Mounts a new ext4 filesystem of ``size_bytes`` and ``inodes`` files on ``directory``.
+
+    ``directory`` must exist and be empty; the image goes beside it, named after ``owner_pid``
+    (default: this process) for ``sweep_stale``. On failure, whatever was done is undone.
+    """
+    if not _is_int(size_bytes) or size_bytes < MIN_SIZE:
+        raise ValueError(f"disk size must be an int of at least {MIN_SIZE} bytes: {size_bytes!r}")
+    if inodes is None:
+        inodes = min(max(size_bytes // _INODE_RATIO, _INODES_MIN), _INODES_MAX)
+    if not _is_int(inodes) or inodes < 16:
+        raise ValueError(f"inode count must be an int of at least 16: {inodes!r}")
+    pid = os.getpid() if owner_pid is None else owner_pid
+    if not _is_int(pid) or pid <= 0:
+        raise ValueError(f"owner pid must be a positive int: {pid!r}")
+    if reason := disk_support():
+        raise DiskUnavailable(reason)
+    directory = Path(directory)
+    mountpoint = os.path.realpath(directory)  # as mountinfo and the loop device will name it
+    if not os.path.isdir(mountpoint) or os.listdir(mountpoint):
+        raise ValueError(f"not an empty directory: {directory}")
+    if _is_mounted(mountpoint):
+        raise ValueError(f"something is mounted on {directory} already")
+    covered = os.stat(mountpoint)
+    image = Path(f"{mountpoint}.{pid}.img")
+    try:
+        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError as e:
+        raise DiskUnavailable(f"cannot create disk image {image}: {e}") from e
+    tried_mount = False
+    try:
+        try:
+            os.ftruncate(fd, size_bytes)  # sparse: the host's disk gives blocks as they are written
+        except OSError as e:
+            raise DiskUnavailable(f"cannot size disk image {image}: {e}") from e
+        finally:
+            os.close(fd)
+        # No journal (scratch space, dropped with the activity); inode tables left unzeroed
+        # (a fresh sparse file reads as zeros), no discard: mkfs writes ~1 MB of metadata for 2 GiB.
+        rc, err = await _run([
+            _exe("mkfs.ext4"), "-q", "-F", "-N", str(inodes), "-m", "0",
+            "-b", "4096", "-I", "256", "-O", "^has_journal",
+            "-E", "lazy_itable_init=1,nodiscard", str(image)], _MKFS_TIMEOUT)
+        if rc != 0:
+            raise DiskUnavailable(f"mkfs.ext4 failed on {image}: {err}")
+        tried_mount = True
+        # noinit_itable: the kernel's background zeroing of inode tables would only fill the
+        # sparse image with zeros.
+        rc, err = await _run([
+            _exe("mount"), "-t", "ext4", "-o", "loop,nosuid,nodev,noinit_itable",
+            str(image), mountpoint], _MOUNT_TIMEOUT)
+        if rc != 0:
+            raise DiskUnavailable(f"mount of {image} on {directory} refused: {err}")
+        # The new root stands in for the directory: its owner, and traversable but not
+        # listable for the sandbox's user; lost+found would only be clutter there.
+        os.chown(mountpoint, covered.st_uid, covered.st_gid)
+        os.chmod(mountpoint, 0o711)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(mountpoint, "lost+found"))
+        made = os.statvfs(mountpoint).f_files
+    except BaseException:
+        if tried_mount and _is_mounted(mountpoint):
+            await _unmount(mountpoint)
+        with contextlib.suppress(OSError):
+            image.unlink()
+        raise
+    return ActivityDisk(directory, mountpoint, image, size_bytes, made)
+
+
+def _owner_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False  # alive, or its pid reused: then a later sweep takes the disk
+
+
+def _backing_file(source: str) -> str | None:
+    if not re.fullmatch(r"/dev/loop[0-9]+", source):
+        return None
+    try:
+        with open(f"/sys/block/{os.path.basename(source)}/loop/backing_file") as f:
+            return f.read().rstrip("\n").removesuffix(" (deleted)")
+    except OSError:
+        return None  # detached meanwhile
+
+
+async def sweep_stale(root: Path, prefix: str = "workgen-act-") -> int:
+    """Unmounts the disks on ``root/<prefix>*`` whose owner is dead, removes their images (and
+    images left unmounted); returns how many disks it cleaned."""
+    base = os.path.realpath(root)
+    cleaned: set[str] = set()
+    kept: set[str] = set()  # images of disks that stay mounted: not removed below either
+    for mountpoint, source in _mounts():
+        parent, name = os.path.split(mountpoint)
+        backing = _backing_file(source)
+        if parent != base or not name.startswith(prefix) or backing is None:
+            continue
+        m = re.fullmatch(re.escape(mountpoint) + r"\.([0-9]+)\.img", backing)
+        if m is None or not _owner_gone(int(m[1])) or not await _unmount(mountpoint):
+            kept.add(backing)
+            continue
+        cleaned.add(backing)
+    # A crash between creating an image and mounting it, or after unmounting, leaves just a file.
+    stale = re.compile(re.escape(prefix) + r".*\.([0-9]+)\.img")
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(base):
+            m = stale.fullmatch(entry.name)
+            if m and entry.path not in kept and entry.is_file(follow_symlinks=False) \
+                    and _owner_gone(int(m[1])):
+                cleaned.add(entry.path)
+    for image in cleaned:
+        try:
+            os.unlink(image)
+            log.info("removed stale disk image %s", image)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot remove stale disk image %s: %s", image, e)
+    return len(cleaned)
