@@ -536,3 +536,20 @@ async def test_a_batch_cancelled_before_it_starts_still_gets_a_result(tmp_path: 
         await unit.cancel(batch_id)  # before the event loop ever ran the batch
         (result,) = await unit.results(batch_id)
     assert result.result == "Error" and "cancelled" in (result.message or "")
+
+
+def test_without_a_cgroup_the_limits_fall_back_to_each_process() -> None:
+    resources = Resources(mem_gib=0.5, storage_gib=1.0, max_processes=7, cpu_threads=1)
+    fallback = resources.rlimits(per_activity=False)
+    assert fallback["as"] == 1 << 29 and fallback["cpus"] == 1 and fallback["nproc"] == 7
+    grouped = resources.rlimits(per_activity=True)
+    assert "as" not in grouped and "cpus" not in grouped  # the cgroup holds them for all
+    assert grouped["fsize"] == 1 << 30
+
+
+@pytest.mark.parametrize("bad", [dict(mem_gib=float("nan")), dict(mem_gib=-1.0),
+                                 dict(storage_gib=float("inf")), dict(max_processes=0),
+                                 dict(cpu_threads=0)])
+def test_resources_refuse_nonsense(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Resources(**bad)

@@ -160,3 +160,34 @@ async def test_a_symlink_swapped_in_mid_transfer_reaches_no_host_file(net: Netwo
         if host_shadow:
             assert got != host_shadow
     assert not planted.exists()
+
+
+@pytest.mark.watchdog(120)
+async def test_transfers_to_impossible_places_fail_the_command_not_the_provider(
+        net: Network) -> None:
+    outcomes: list[str] = []
+
+    async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = ctx.new_script()
+            script.run("/bin/sh", "-c", "echo f > /golem/work/f; mkfifo /golem/work/fifo")
+            yield script
+            for target in ("/golem/work/f/sub/x", "/golem/work/" + "n" * 300,
+                           "/golem/work/fifo", "/golem/work/../../etc/x", "/etc/x"):
+                script = ctx.new_script(timeout=30)
+                script.send_bytes(target, b"data")
+                try:
+                    yield script
+                    outcomes.append("done")
+                except CommandExecutionError as exc:
+                    outcomes.append(f"refused: {exc}")
+            script = ctx.new_script()
+            echo = script.run("/bin/cat", "/golem/work/f")
+            yield script
+            outcomes.append((await echo).stdout)
+            task.accept_result()
+
+    await run_worker(net, worker)
+    *refusals, alive = outcomes
+    assert len(refusals) == 5 and all(o.startswith("refused") for o in refusals), outcomes
+    assert alive == "f\n"

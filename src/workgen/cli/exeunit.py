@@ -35,7 +35,10 @@ def add_parser(commands: Any) -> None:
                      help="batch timeout in seconds")
     run.add_argument("--inet", action="store_true", help="let the sandbox reach the network")
     run.add_argument("--mem-gib", type=size_gib, default=1.0, metavar="GIB",
-                     help="memory limit per process (default: 1)")
+                     help="memory limit of the activity, all processes together (per "
+                          "process without cgroups; default: 1)")
+    run.add_argument("--storage-gib", type=size_gib, default=2.0, metavar="GIB",
+                     help="storage of the activity: volumes and /tmp together (default: 2)")
     run.set_defaults(handler=_run)
 
 
@@ -55,7 +58,8 @@ def _run(args: argparse.Namespace) -> int:
     except SandboxError as exc:
         print(f"workgen exeunit: {exc}", file=sys.stderr)
         return 2
-    config = ExeUnitConfig(resources=Resources(mem_gib=args.mem_gib), inet=args.inet)
+    config = ExeUnitConfig(resources=Resources(mem_gib=args.mem_gib, storage_gib=args.storage_gib),
+                           inet=args.inet)
     return asyncio.run(until_signalled(_run_batch(commands, config, args.timeout)))
 
 

@@ -298,6 +298,15 @@ class ExeUnit:
                             message=str(failure), return_code=failure.return_code or 1,
                             stdout=failure.stdout, stderr=failure.stderr), last=True)
                         return
+                    except Exception as exc:
+                        # Whatever went wrong is this command's failure: the batch gets its
+                        # result and the activity goes on serving the next one.
+                        log.exception("activity %s: %s failed unexpectedly",
+                                      self.activity_id, cmd.name)
+                        await self._finish(b, index, False, _Outcome(
+                            message=f"{cmd.name} failed: {type(exc).__name__}: {exc}",
+                            return_code=1), last=True)
+                        return
                     last = index == len(b.commands) - 1
                     await self._finish(b, index, True, outcome, last=last)
         except TimeoutError:

@@ -71,25 +71,22 @@ def openat2_available() -> bool:
     return True
 
 
+_MEANINGS = {
+    errno.ELOOP: "it goes through a symbolic link or leaves its volume",
+    errno.EXDEV: "it goes through a symbolic link or leaves its volume",
+    errno.ENOENT: "no such file or directory",
+    errno.ENOTDIR: "a part of the path is not a directory",
+    errno.EISDIR: "it is a directory; transfers copy single files",
+    errno.ENAMETOOLONG: "a name in it is too long",
+    errno.ENOSPC: "the activity's storage is full",
+    errno.EDQUOT: "the activity's storage quota is used up",
+    errno.EFBIG: "the file is larger than the activity's storage limit",
+}
+
+
 def describe(exc: OSError) -> str:
     """What an ``OSError`` from a beneath-open means, in the requestor's terms."""
-    if exc.errno in (errno.ELOOP, errno.EXDEV):
-        return "it goes through a symbolic link or leaves its volume"
-    if exc.errno == errno.ENOENT:
-        return "no such file or directory"
-    if exc.errno == errno.ENOTDIR:
-        return "a part of the path is not a directory"
-    if exc.errno == errno.EISDIR:
-        return "it is a directory; transfers copy single files"
-    if exc.errno == errno.ENAMETOOLONG:
-        return "a name in it is too long"
-    if exc.errno == errno.ENOSPC:
-        return "the activity's storage is full"
-    if exc.errno == errno.EDQUOT:
-        return "the activity's storage quota is used up"
-    if exc.errno == errno.EFBIG:
-        return "the file is larger than the activity's storage limit"
-    return exc.strerror or str(exc)
+    return _MEANINGS.get(exc.errno or 0) or exc.strerror or str(exc)
 
 
 class Volumes:

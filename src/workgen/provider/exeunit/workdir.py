@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.cgroup import sweep_stale as sweep_stale_cgroups
-from ..runtime.disk import ActivityDisk, DiskUnavailable, disk_support, open_disk, sweep_stale
+from ..runtime.leftovers import owner_gone
+from ..runtime.disk import (
+    MIN_SIZE, ActivityDisk, DiskUnavailable, disk_support, open_disk, sweep_stale,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,8 @@ async def _disk(path: Path, storage_bytes: int) -> ActivityDisk | None:
     if reason is None:
         files = min(max(storage_bytes // _BYTES_PER_FILE, _MIN_FILES), _MAX_FILES)
         try:
-            return await open_disk(path, storage_bytes, inodes=files)
+            # A filesystem needs room of its own; below that, each file's limit is the offer's.
+            return await open_disk(path, max(storage_bytes, MIN_SIZE), inodes=files)
         except (DiskUnavailable, ValueError) as exc:
             reason = str(exc)
     _warn_unbounded(reason)
@@ -127,22 +131,10 @@ async def _sweep_once(base: Path) -> None:
 def _remove_dead_dirs(base: Path) -> None:
     for entry in os.scandir(base):
         match = _OWNED.match(entry.name)
-        if match and entry.is_dir(follow_symlinks=False) and _gone(int(match.group(1))) \
+        if match and entry.is_dir(follow_symlinks=False) and owner_gone(int(match.group(1))) \
                 and not os.path.ismount(entry.path):
             log.info("removing %s, left by a process that is gone", entry.path)
             _remove_tree(Path(entry.path))
-
-
-def _gone(pid: int) -> bool:
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _remove_tree(path: Path) -> None:

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .leftovers import owner_gone
+
 log = logging.getLogger(__name__)
 
 PREFIX = "workgen-"
@@ -339,18 +341,6 @@ class ActivityCgroup:
             time.sleep(0.01)
 
 
-def _owner_gone(pid: int) -> bool:
-    if pid <= 0:  # os.kill would probe our own process group; we never write such a pid
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return False  # alive, or its pid reused: then a later sweep takes the group
-
-
 def sweep_stale(prefix: str = PREFIX) -> int:
     """Removes empty activity groups whose owner is dead; returns how many groups it removed."""
     _check_name(prefix)
@@ -371,7 +361,7 @@ def _sweep(layout: _Layout, prefix: str) -> int:
             continue  # the v2 container, before any group was made
         for entry in entries:
             m = stale.fullmatch(entry.name)
-            if not m or not entry.is_dir() or not _owner_gone(int(m[1])):
+            if not m or not entry.is_dir() or not owner_gone(int(m[1])):
                 continue
             try:
                 if _words(Path(entry.path) / "cgroup.procs"):

@@ -294,7 +294,9 @@ async def open_channel(
     if before_start is not None:
         assert process.stdin is not None
         try:
-            before_start(process.pid)
+            # In a thread: moving a process between cgroups waits for an RCU grace period
+            # (some milliseconds per controller), which must not stall the event loop.
+            await asyncio.to_thread(before_start, process.pid)
         except BaseException:
             process.kill()
             await process.wait()

@@ -25,6 +25,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .leftovers import owner_gone
+
 log = logging.getLogger(__name__)
 
 MIN_SIZE = 8 << 20  # below this mkfs.ext4's own metadata leaves too little room to be useful
@@ -234,16 +236,6 @@ async def open_disk(directory: Path, size_bytes: int, *, inodes: int | None = No
     return ActivityDisk(directory, mountpoint, image, size_bytes, made)
 
 
-def _owner_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return False  # alive, or its pid reused: then a later sweep takes the disk
-
-
 def _backing_file(source: str) -> str | None:
     if not re.fullmatch(r"/dev/loop[0-9]+", source):
         return None
@@ -266,7 +258,7 @@ async def sweep_stale(root: Path, prefix: str = "workgen-act-") -> int:
         if parent != base or not name.startswith(prefix) or backing is None:
             continue
         m = re.fullmatch(re.escape(mountpoint) + r"\.([0-9]+)\.img", backing)
-        if m is None or not _owner_gone(int(m[1])) or not await _unmount(mountpoint):
+        if m is None or not owner_gone(int(m[1])) or not await _unmount(mountpoint):
             kept.add(backing)
             continue
         cleaned.add(backing)
@@ -276,7 +268,7 @@ async def sweep_stale(root: Path, prefix: str = "workgen-act-") -> int:
         for entry in os.scandir(base):
             m = stale.fullmatch(entry.name)
             if m and entry.path not in kept and entry.is_file(follow_symlinks=False) \
-                    and _owner_gone(int(m[1])):
+                    and owner_gone(int(m[1])):
                 cleaned.add(entry.path)
     for image in cleaned:
         try:
