@@ -206,6 +206,7 @@ def test_up_gives_a_network_whose_providers_reach_the_requestor(devnets: Any) ->
         "YAGNA_APPKEY": state.requestor.appkey, "YAGNA_API_URL": state.requestor.api_url,
         "YAGNA_SUBNET": "public", "GSB_URL": state.requestor.gsb_url,
         "YAGNA_PAYMENT_NETWORK": "holesky", "YAGNA_PAYMENT_DRIVER": "erc20",
+        "PAYMENT_NETWORK": "holesky", "PAYMENT_DRIVER": "erc20",  # golem-js's names
     }
     code, answer = rest(env["YAGNA_API_URL"], env["YAGNA_APPKEY"], "GET", "/me")
     assert code == 200 and answer["identity"] == state.requestor.node_id

@@ -98,13 +98,23 @@ async def test_valid_text_within_the_cap_is_kept_whole() -> None:
     assert c.value() == "añb€" and c.notes() == []
 
 
-async def test_stream_keeps_nothing_and_says_what_it_did_not_send() -> None:
+async def test_stream_result_carries_what_was_sent_and_says_what_was_not() -> None:
     emitted: list[str | bytes] = []
     c = collector(Stream(limit=5), emitted=emitted)
     await feed_all(c, b"abc", b"defg")
     assert emitted == ["abc", "de"]
-    assert c.value() is None
+    assert c.value() == "abcde"
     assert c.notes() == ["stdout: stream limit of 5 bytes reached, 2 of 7 bytes not sent"]
+
+
+async def test_stream_without_a_limit_keeps_the_ends_within_the_cap() -> None:
+    emitted: list[str | bytes] = []
+    c = collector(Stream(format="bin"), emitted=emitted, max_at_end=4)
+    await feed_all(c, b"abc", b"defg")
+    assert b"".join(e for e in emitted if isinstance(e, bytes)) == b"abcdefg"
+    assert c.value() == b"abfg"
+    assert c.notes() == ["stdout: all 7 bytes were streamed; the result keeps the first 2 "
+                         "and last 2"]
 
 
 async def test_300_mb_into_a_64_mib_whole_capture_holds_about_the_cap() -> None:

@@ -170,7 +170,8 @@ async def test_stream_mode_emits_output_events_in_order(tmp_path: Path) -> None:
     assert isinstance(kinds[0], Started) and isinstance(kinds[-1], Finished)
     assert "".join(k.output for k in kinds if isinstance(k, StdOut)) == "one\nthree\n"  # type: ignore[misc]
     assert [k.output for k in kinds if isinstance(k, StdErr)] == ["two\n"]
-    assert result.ok and result.stdout is None
+    # The result carries the streamed output too, as yagna's exe unit does.
+    assert result.ok and result.stdout == "one\nthree\n" and result.stderr == "two\n"
 
 
 async def test_stream_limit_stops_sending_and_says_how_much_was_left(tmp_path: Path) -> None:

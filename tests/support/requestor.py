@@ -54,7 +54,8 @@ class RestRequestor:
         self.allocation_id = allocation["allocationId"]
         return self.allocation_id
 
-    async def demand(self, subnet: str) -> tuple[str, dict[str, Any]]:
+    async def demand(self, subnet: str, **extra: Any) -> tuple[str, dict[str, Any]]:
+        """Subscribe a demand; ``extra`` properties (by their names) join or replace ours."""
         decoration = await self.call("GET", "/payment-api/v1/demandDecorations",
                                      allocationIds=self.allocation_id)
         properties: dict[str, Any] = {
@@ -64,6 +65,8 @@ class RestRequestor:
             "golem.com.payment.debit-notes.accept-timeout?": 240,
             "golem.com.payment.chosen-platform": PLATFORM,
         }
+        properties.update({k.replace("__", "."): v for k, v in extra.items()})
+        properties = {k: v for k, v in properties.items() if v is not None}
         for prop in decoration.get("properties", []):
             properties[prop["key"]] = prop["value"]
         clauses = [f"(golem.node.debug.subnet={subnet})", "(golem.runtime.name=vm)",
@@ -129,6 +132,27 @@ class RestRequestor:
 
     async def destroy(self, activity: str) -> None:
         await self.call("DELETE", f"/activity-api/v1/activity/{activity}", timeout=10)
+
+    async def terminated(self, agreement: str, after: str) -> dict[str, Any]:
+        """The agreement's termination event, waited for."""
+        while True:
+            events = await self.call("GET", "/market-api/v1/agreementEvents",
+                                     afterTimestamp=after, timeout=5) or []
+            for event in events:
+                after = event.get("eventDate", after)
+                if event.get("agreementId") == agreement and \
+                        event.get("eventType") == "AgreementTerminatedEvent":
+                    return dict(event)
+
+    async def next_debit_note(self, after: str) -> dict[str, Any]:
+        """The next debit note received (not accepted)."""
+        while True:
+            events = await self.call("GET", "/payment-api/v1/debitNoteEvents",
+                                     afterTimestamp=after, timeout=5) or []
+            for event in events:
+                if event.get("eventType") == "DebitNoteReceivedEvent":
+                    return dict(await self.call(
+                        "GET", f"/payment-api/v1/debitNotes/{event['debitNoteId']}"))
 
     # -- payment events --------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+from workgen.devnet.daemon import MARKET_DISCOVERY
+
 YAGNA = Path(sys.executable).parent / "yagna"
 READY_TIMEOUT = 30.0
 READY_POLL_INTERVAL = 0.05
@@ -157,6 +159,7 @@ async def _spawn(workdir: Path, hub_gsb_port: int | None,
         "YAGNA_AUTOCONF_APPKEY": appkey,
         "YAGNA_DEV_SKIP_ALLOCATION_VALIDATION": "1",
         "YAGNA_METRICS_URL": "http://127.0.0.1:9/",
+        **MARKET_DISCOVERY,
         **extra_env,
     })
     log_path = workdir / "yagna.log"

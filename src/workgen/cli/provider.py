@@ -18,6 +18,7 @@ from typing import Any
 from .._aio import until_signalled
 from ..protocol.pricing import LinearPricing
 from ..protocol.properties import USAGE_CPU_SEC, USAGE_DURATION_SEC
+from ..provider.terms import DEFAULT_ACCEPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT
 from ._options import number, price, seconds, size_gib, whole
 
 MAX_THREADS = 4096
@@ -43,6 +44,14 @@ def add_parser(commands: Any) -> None:
                      help="price of a second of CPU time")
     run.add_argument("--price-start", type=price, default=0.0, help="fixed price per activity")
     run.add_argument("--debit-note-interval", type=seconds, default=60.0, metavar="SECONDS")
+    run.add_argument("--idle-agreement-timeout", type=seconds, default=DEFAULT_IDLE_TIMEOUT,
+                     metavar="SECONDS", help="break an agreement that has had no live activity "
+                     f"this long (default: {DEFAULT_IDLE_TIMEOUT:g})")
+    run.add_argument("--debit-note-accept-timeout", type=seconds,
+                     default=DEFAULT_ACCEPT_TIMEOUT, metavar="SECONDS",
+                     help="the deadline for accepting debit notes this provider offers; held "
+                          "to when the requestor names one too (default: "
+                          f"{DEFAULT_ACCEPT_TIMEOUT:g})")
     run.add_argument("--inet", action="store_true", help="allow activities that ask for network")
     run.add_argument("--dev-images", action=argparse.BooleanOptionalAction,
                      default=os.environ.get("WORKGEN_DEV_IMAGES") == "1",
@@ -82,7 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(until_signalled(run_provider(
             config, api_url=args.api_url, appkey=args.appkey, gsb_url=args.gsb_url,
             subnet=args.subnet, debit_note_interval=args.debit_note_interval,
-            overcharge=args.overcharge,
+            idle_timeout=args.idle_agreement_timeout,
+            accept_timeout=args.debit_note_accept_timeout, overcharge=args.overcharge,
             images=ImageResolver(ImageStore(), dev_images=args.dev_images,
                                  remedy="it runs only the host system image (with "
                                         "--dev-images it would run this image there)"))))

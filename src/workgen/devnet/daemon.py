@@ -44,6 +44,18 @@ _CHAINS = (
     "MAINNET", "POLYGON", "HOLESKY", "HOODI", "SEPOLIA", "AMOY", "GOERLI", "MUMBAI", "RINKEBY",
 )
 _NOWHERE = f"http://{LOOPBACK}:9"
+# yagna's market spreads offers by broadcast: a new offer after OFFER_BROADCAST_DELAY (5 s by
+# default), and every offer again about every MEAN_CYCLIC_BCAST_INTERVAL (4 min). A node that
+# missed the first broadcast (its first demand came later, or the provider re-offered after an
+# agreement) would wait minutes. On a few loopback nodes broadcasting every second costs nothing,
+# and Golem's own test networks shorten these the same way.
+MARKET_DISCOVERY = {
+    "OFFER_BROADCAST_DELAY": "200ms",
+    "UNSUB_BROADCAST_DELAY": "200ms",
+    "MEAN_CYCLIC_BCAST_INTERVAL": "1s",
+    "MEAN_CYCLIC_UNSUBSCRIBES_INTERVAL": "1s",
+}
+
 # What a daemon inherits from the caller's environment: only what a process needs to run.
 # Anything else (YA_*, YAGNA_*, GSB_URL, CENTRAL_NET_HOST from a shell that sourced another
 # devnet's env file, ...) could silently reconfigure it.
@@ -113,6 +125,7 @@ class DaemonConfig:
             YAGNA_DEV_SKIP_ALLOCATION_VALIDATION="1",
             YAGNA_METRICS_URL=f"http://{LOOPBACK}:9/",
         )
+        env.update(MARKET_DISCOVERY)
         return env
 
 

@@ -11,6 +11,8 @@ requestor's settings as the Golem SDKs read them (yapapi, golem-js and workgen's
     export GSB_URL=tcp://127.0.0.1:<gsb port>
     export YAGNA_PAYMENT_NETWORK=holesky
     export YAGNA_PAYMENT_DRIVER=erc20
+    export PAYMENT_NETWORK=holesky
+    export PAYMENT_DRIVER=erc20
 
 The subnet is ``public``, the SDKs' default, so that an unmodified yapapi or golem-js program
 finds the devnet's providers; a devnet is a closed network on loopback, so the name clashes with
@@ -395,7 +397,10 @@ def env_text(state: DevnetState) -> str:
         f"# workgen devnet in {state.directory}: requestor node {node.name} ({node.node_id}).",
         f"# Load it with: source {shlex.quote(str(state.directory / ENV_NAME))}",
     ]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in node_env(state, node).items()]
+    settings = node_env(state, node)
+    # golem-js reads the payment settings under these names.
+    settings |= {"PAYMENT_NETWORK": state.payment_network, "PAYMENT_DRIVER": state.payment_driver}
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in settings.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -88,9 +88,12 @@ def default_provider_configs(count: int) -> list[ProviderConfig]:
         raise ValueError(f"the number of providers must not be negative, got {count}")
     configs = []
     for i in range(count):
+        # Varied, and within the limits other SDKs' examples set (golem-js: start 0.5 GLM,
+        # CPU 1 GLM/h, environment 0.5 GLM/h): at most 0.324 GLM/h for time and 0.432 GLM/h
+        # for CPU, so every default provider is usable by them.
         pricing = LinearPricing.from_prices(
-            {USAGE_DURATION_SEC: round(0.0001 * (1 + i % 3), 10),
-             USAGE_CPU_SEC: round(0.0002 * (1 + i % 2), 10)},
+            {USAGE_DURATION_SEC: round(0.00003 * (1 + i % 3), 10),
+             USAGE_CPU_SEC: round(0.00006 * (1 + i % 2), 10)},
             fixed=0.0 if i % 4 < 2 else 0.001,
         )
         configs.append(ProviderConfig(
@@ -102,7 +105,7 @@ def default_provider_configs(count: int) -> list[ProviderConfig]:
 
 def offer_properties(
     config: ProviderConfig, *, node_id: str, subnet: str, platform_name: str,
-    debit_note_interval: float, transfer_protocols: tuple[str, ...] = ("file", "http", "https"),
+    debit_note_interval: float, transfer_protocols: tuple[str, ...] = ("http", "https"),
 ) -> dict[str, object]:
     """The flat properties of ``config``'s offer."""
     return {

@@ -55,7 +55,7 @@ async def test_offers_carry_golems_properties_and_a_node_id() -> None:
         assert props["golem.com.scheme.payu.debit-note.interval-sec?"] == 30
         assert props[f"golem.com.payment.platform.{allocation.payment_platform}.address"] \
             == offer.issuer_id
-        assert props["golem.activity.caps.transfer.protocol"] == ["file", "http", "https"]
+        assert props["golem.activity.caps.transfer.protocol"] == ["local", "http", "https"]
         assert props["golem.srv.caps.multi-activity"] is True
         for name in ("golem.inf.cpu.threads", "golem.inf.mem.gib", "golem.inf.storage.gib",
                      "golem.inf.cpu.architecture"):

@@ -42,10 +42,11 @@ async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[YagnaNode, YagnaNode]
 
 
 @contextlib.asynccontextmanager
-async def provider_in_process(node: YagnaNode, subnet: str) -> AsyncIterator[None]:
+async def provider_in_process(node: YagnaNode, subnet: str, **options: Any
+                              ) -> AsyncIterator[None]:
     task = asyncio.ensure_future(run_provider(
         CONFIG, api_url=node.api_url, appkey=node.appkey, gsb_url=node.gsb_url, subnet=subnet,
-        debit_note_interval=1.0))
+        debit_note_interval=1.0, **options))
     try:
         yield
     finally:
@@ -185,3 +186,74 @@ async def test_provider_reports_its_daemon_going_away(tmp_path: Path) -> None:
             async with asyncio.timeout(60):
                 code = await provider.wait()
     assert code == 1
+
+
+# -- agreement hygiene and payment terms, as ya-provider keeps them ---------------------------
+
+@contextlib.asynccontextmanager
+async def rest_requestor(tmp_path: Path, **options: Any
+                         ) -> AsyncIterator[tuple[RestRequestor, str]]:
+    """Two daemons, our provider on one (with ``options``), and a funded REST requestor on the
+    other; yields the requestor and the subnet."""
+    subnet = "t" + secrets.token_hex(4)
+    async with two_nodes(tmp_path) as (hub, node), provider_in_process(node, subnet, **options):
+        req = RestRequestor(hub.api_url, hub.appkey)
+        try:
+            await req.allocate()
+            yield req, subnet
+        finally:
+            await req.aclose()
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.watchdog(180)
+async def test_an_agreement_with_no_activity_is_broken_and_the_provider_offers_again(
+        tmp_path: Path) -> None:
+    async with rest_requestor(tmp_path, idle_timeout=2.0) as (req, subnet):
+        start = iso(-1)
+        subscription, demand = await req.demand(subnet)
+        agreement = await req.agree(subscription, demand)  # and never an activity
+        event = await req.terminated(agreement, start)
+        assert event["reason"]["golem.provider.code"] == "NoActivity", event
+        # Free again: the provider's fresh offer reaches a new demand (a requestor started
+        # afterwards) within seconds, and is agreed on.
+        await req.call("DELETE", f"/market-api/v1/demands/{subscription}", expect=204)
+        subscription, demand = await req.demand(subnet)
+        again = await req.agree(subscription, demand)
+        activity = await req.create_activity(again)
+        batch = await req.exec(activity, [{"deploy": {}}, {"start": {}}])
+        assert [r["result"] for r in await req.results(activity, batch, 1)] == ["Ok", "Ok"]
+        await req.destroy(activity)
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.watchdog(180)
+async def test_debit_notes_unaccepted_past_the_deadline_break_the_agreement(
+        tmp_path: Path) -> None:
+    async with rest_requestor(tmp_path) as (req, subnet):
+        start = iso(-1)
+        # The requestor asks for a 5 s deadline and no mid-agreement payments.
+        subscription, demand = await req.demand(
+            subnet, **{"golem.com.payment.debit-notes.accept-timeout?": 5})
+        agreement = await req.agree(subscription, demand)
+        await req.create_activity(agreement)
+        note = await req.next_debit_note(start)
+        assert note["agreementId"] == agreement
+        assert note.get("paymentDueDate") is None  # not payable: not negotiated
+        event = await req.terminated(agreement, start)  # none accepted
+        assert event["reason"]["golem.provider.code"] == "DebitNotesDeadline", event
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.watchdog(180)
+async def test_debit_notes_are_payable_when_mid_agreement_payments_were_negotiated(
+        tmp_path: Path) -> None:
+    async with rest_requestor(tmp_path) as (req, subnet):
+        start = iso(-1)
+        subscription, demand = await req.demand(
+            subnet, **{"golem.com.scheme.payu.payment-timeout-sec?": 120})
+        agreement = await req.agree(subscription, demand)
+        activity = await req.create_activity(agreement)
+        note = await req.accept_debit_note(start)
+        assert note["agreementId"] == agreement and note.get("paymentDueDate")
+        await req.destroy(activity)

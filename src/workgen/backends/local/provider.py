@@ -122,7 +122,9 @@ class LocalProvider:
         """A fresh offer; its constraints admit demands that have not expired by now."""
         properties = offer_properties(self.config, node_id=self.node_id, subnet=self._ctx.subnet,
                                       platform_name=self._ctx.platform,
-                                      debit_note_interval=self._ctx.debit_note_interval)
+                                      debit_note_interval=self._ctx.debit_note_interval,
+                                      transfer_protocols=(*self._ctx.remote_schemes, "http",
+                                                          "https"))
         clauses = Constraints(
             compare(EXPIRATION, ">", int(time.time() * 1000)),
             compare(NODE_DEBUG_SUBNET, "=", self._ctx.subnet),

@@ -1,7 +1,8 @@
 """Output capture: turns a command's stdout/stderr bytes into what its capture mode asks for.
 
 ``atEnd`` keeps the output (or its head, tail or both ends) for the command's result; ``stream``
-hands each chunk on as a runtime event while the command runs and keeps nothing. Memory stays
+hands each chunk on as a runtime event while the command runs, and the result carries what was
+streamed as well (as yagna's exe unit does), within the same cap. Memory stays
 bounded in every mode: a whole ``atEnd`` capture is capped by ``max_at_end`` bytes, and hitting
 the cap fails the command (:class:`CaptureLimitExceeded`) rather than passing a cut output off as
 whole; what it keeps then is the first and last half of the cap. A head/tail limit above the cap
@@ -120,10 +121,15 @@ class Collector:
         # each, so nothing is cut from output that fits the cap; one with a part its limit's
         # worth, but never more than the cap (a requestor may ask for any limit).
         self._limit = max_at_end
+        part = mode.part if isinstance(mode, AtEnd) else None
         if isinstance(mode, AtEnd) and mode.part is not None:
             assert mode.limit is not None
             self._limit = min(mode.limit, max_at_end)
-        self._rooms = _split(mode.part if isinstance(mode, AtEnd) else None, self._limit)
+        elif isinstance(mode, Stream) and mode.limit is not None:
+            # A streamed command's result carries its output too (as yagna's exe unit does):
+            # what was streamed, within the cap.
+            self._limit, part = min(mode.limit, max_at_end), "head"
+        self._rooms = _split(part, self._limit)
         self._head = _Bytes()
         self._tail = _Bytes()
         self._kept: tuple[int, int] | None = None  # (head, tail) once finished
@@ -152,6 +158,7 @@ class Collector:
             chunk = bytes(data[:room])  # no copy when data is bytes
             if chunk:
                 self._streamed += len(chunk)
+                self._keep(chunk)
                 await self._emit(self._text.decode(chunk) if self._text else chunk)
         elif isinstance(mode, AtEnd):
             self._keep(data)
@@ -178,7 +185,8 @@ class Collector:
             rest = self._text.decode(b"", final=True)
             if rest:
                 await self._emit(rest)
-        elif isinstance(self.mode, AtEnd) and self._kept is None:
+            self._text = _Text()  # the kept copy is decoded afresh below
+        if self.mode is not None and self._kept is None:
             self._kept = (self._head.size, self._tail.size)
             parts = [*self._head.parts(), *self._tail.parts()]
             self._head, self._tail = _Bytes(), _Bytes()  # held once, in the value, from now
@@ -219,6 +227,11 @@ class Collector:
                     f"{self.name}: kept the {where} {kept} of {self.total} bytes "
                     f"({mode.part} limit {mode.limit}{capped})"
                 )
+        if isinstance(mode, Stream) and self._kept is not None and \
+                sum(self._kept) < self._streamed:
+            head, tail = self._kept
+            notes.append(f"{self.name}: all {self._streamed} bytes were streamed; the result "
+                         f"keeps the first {head} and last {tail}")
         if isinstance(mode, Stream) and self._streamed < self.total:
             notes.append(
                 f"{self.name}: stream limit of {mode.limit} bytes reached, "

@@ -30,7 +30,7 @@ from ...gsb import GsbClient, GsbError
 from ...protocol.constraints import ConstraintSyntaxError, match, parse_constraints
 from ...protocol.pricing import LinearPricing
 from ...protocol.properties import (
-    COM_PAYMENT_CHOSEN_PLATFORM, COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC, NODE_DEBUG_SUBNET,
+    COM_PAYMENT_CHOSEN_PLATFORM, NODE_DEBUG_SUBNET,
     NODE_ID_NAME, SRV_COMP_EXPIRATION,
     flatten_properties,
 )
@@ -38,6 +38,10 @@ from ..exeunit.unit import ActivityState, ExeUnit, ExeUnitConfig
 from ..images import ImageResolver, ImageStore
 from ..offer import ProviderConfig, asks_for_inet, offer_properties
 from ..runtime.sandbox import Resources
+from ..terms import (
+    DEBIT_NOTES_DEADLINE, DEFAULT_ACCEPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, EXPIRED, NO_ACTIVITY,
+    SUCCESS, PaymentTerms, TermsRefused, break_reason, negotiate, offered_terms,
+)
 from .rest import RestClient, YagnaApiError
 from .service import ExeUnitService, activity_state, service_address, usage_report
 
@@ -47,7 +51,8 @@ PLATFORM = "erc20-holesky-tglm"
 POLL = 5.0
 USAGE_EVERY = 1.0
 ERROR_BACKOFF = 1.0
-MIN_DEBIT_NOTE_INTERVAL = 1.0
+# A debit note the requestor has accepted (or paid) keeps the agreement alive.
+_ACCEPTED = ("ACCEPTED", "SETTLED")
 _HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 
 
@@ -97,19 +102,43 @@ class _States:
 class _Agreement:
     id: str
     pricing: LinearPricing
-    debit_note_interval: float
+    terms: PaymentTerms
     inet: bool
     rootfs: Path | None
+    expires_at: float | None = None
+    """The demand's expiration (epoch seconds): the agreement ends then."""
     activities: dict[str, _Activity] = field(default_factory=dict)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    idle_since: float | None = field(default_factory=time.monotonic)
+    """Since when no activity is live (``None`` while one is)."""
+    unaccepted: dict[str, float] = field(default_factory=dict)
+    """Debit notes sent and not known accepted, with their acceptance deadlines (monotonic)."""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def debit_note_interval(self) -> float:
+        return self.terms.debit_note_interval
+
+    def touch(self) -> None:
+        """Something the agreement's watch looks at changed."""
+        live = any(not a.closed.is_set() for a in self.activities.values())
+        if live:
+            self.idle_since = None
+        elif self.idle_since is None:
+            self.idle_since = time.monotonic()
+        self.changed.set()
 
 
 class ProviderAgent:
     def __init__(self, config: ProviderConfig, rest: RestClient, bus: GsbClient, node_id: str,
                  *, subnet: str = "public", platform: str = PLATFORM,
                  debit_note_interval: float = 60.0, work_root: Path | None = None,
-                 overcharge: float = 1.0, images: ImageResolver | None = None):
+                 overcharge: float = 1.0, images: ImageResolver | None = None,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT):
         self.config = config
+        self._idle_timeout = idle_timeout
+        self._accept_timeout = accept_timeout
         self._images = images or ImageResolver(ImageStore(), dev_images=False)
         self.node_id = node_id
         self._rest = rest
@@ -147,16 +176,20 @@ class ProviderAgent:
         agreement = self._agreement
         if agreement is not None:
             with contextlib.suppress(Exception):
-                await self._end_agreement(agreement, "provider shut down", terminate=True)
+                await self._end_agreement(agreement, "provider shut down", shutting_down=True)
         with contextlib.suppress(Exception):
             await self._withdraw_offer()
 
-    def _offer(self, debit_note_interval: float | None = None) -> dict[str, Any]:
+    def _offer(self, terms: PaymentTerms | None = None) -> dict[str, Any]:
+        """The offer: the provider's own terms, or (countering a proposal) the agreed ones."""
         properties = offer_properties(
             self.config, node_id=self.node_id, subnet=self._subnet,
-            platform_name=self._platform,
-            debit_note_interval=debit_note_interval or self._interval,
+            platform_name=self._platform, debit_note_interval=self._interval,
             transfer_protocols=("gftp", "http", "https"))
+        if terms is None:
+            properties |= offered_terms(self._interval, self._accept_timeout)
+        else:
+            properties |= terms.properties()
         constraints = (f"(&({SRV_COMP_EXPIRATION}>{int(time.time() * 1000)})"
                        f"({NODE_DEBUG_SUBNET}={self._subnet}))")
         return {"properties": properties, "constraints": constraints}
@@ -218,43 +251,40 @@ class ProviderAgent:
 
     async def _on_proposal(self, proposal: dict[str, Any]) -> None:
         proposal_id = proposal["proposalId"]
-        reason, interval = self._negotiate(proposal)
+        reason, terms = self._negotiate(proposal)
         if self._offer_id is None:
             return  # busy: the offer was withdrawn
         path = f"/market-api/v1/offers/{self._offer_id}/proposals/{proposal_id}"
         try:
             if reason is None:
-                await self._rest.post(path, json=self._offer(interval))
+                await self._rest.post(path, json=self._offer(terms))
             else:
                 await self._rest.post(f"{path}/reject", json={"message": reason})
         except YagnaApiError as exc:
             log.info("%s: answering proposal %s failed: %s", self.config.name, proposal_id, exc)
 
-    def _negotiate(self, proposal: dict[str, Any]) -> tuple[str | None, float]:
-        """Why the demand is refused (or None), and the debit-note interval agreed."""
+    def _negotiate(self, proposal: dict[str, Any]) -> tuple[str | None, PaymentTerms | None]:
+        """Why the demand is refused (or None), and the payment terms agreed."""
         if self._agreement is not None:
-            return "busy with another agreement", self._interval
+            return "busy with another agreement", None
         demand = flatten_properties(proposal.get("properties") or {})
         try:
             constraints = parse_constraints(proposal.get("constraints") or "(&)")
         except ConstraintSyntaxError as exc:
-            return f"bad constraints: {exc}", self._interval
+            return f"bad constraints: {exc}", None
         offer = self._offer()
         if not match(demand, constraints, offer["properties"], offer["constraints"]):
-            return "the demand and this offer do not match", self._interval
+            return "the demand and this offer do not match", None
         chosen = demand.get(COM_PAYMENT_CHOSEN_PLATFORM)
         if chosen != self._platform:
             # The daemon refuses debit notes and invoices without an agreed platform.
             return (f"payment platform {chosen!r} is not taken here (this provider takes "
-                    f"{self._platform!r})"), self._interval
+                    f"{self._platform!r})"), None
         try:
             self._images.resolve(demand)
-        except ImageNotFound as exc:
-            return str(exc), self._interval
-        interval = demand.get(COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC, self._interval)
-        if not isinstance(interval, (int, float)) or interval < MIN_DEBIT_NOTE_INTERVAL:
-            return f"debit-note interval must be at least {MIN_DEBIT_NOTE_INTERVAL}s", self._interval
-        return None, float(interval)
+            return None, negotiate(demand, interval=self._interval)
+        except (ImageNotFound, TermsRefused) as exc:
+            return str(exc), None
 
     async def _on_agreement(self, doc: dict[str, Any]) -> None:
         agreement_id = doc["agreementId"]
@@ -265,7 +295,9 @@ class ProviderAgent:
             return
         offer = flatten_properties(doc.get("offer", {}).get("properties") or {})
         demand = doc.get("demand", {})
-        interval = offer.get(COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC, self._interval)
+        demand_props = flatten_properties(demand.get("properties") or {})
+        terms = PaymentTerms.from_agreement(offer, demand_props, self._interval)
+        expiration = demand_props.get(SRV_COMP_EXPIRATION)
         try:
             inet = asks_for_inet(flatten_properties(demand.get("properties") or {}),
                                  parse_constraints(demand.get("constraints") or "(&)"))
@@ -278,9 +310,11 @@ class ProviderAgent:
                 await self._rest.post(f"/market-api/v1/agreements/{agreement_id}/reject",
                                       json={"message": str(exc)})
             return
-        agreement = _Agreement(agreement_id, LinearPricing.from_properties(offer),
-                               float(interval) if isinstance(interval, (int, float))
-                               else self._interval, inet and self.config.inet, rootfs)
+        agreement = _Agreement(
+            agreement_id, LinearPricing.from_properties(offer), terms,
+            inet and self.config.inet, rootfs,
+            expires_at=expiration / 1000 if isinstance(expiration, (int, float))
+            and not isinstance(expiration, bool) else None)
         self._agreement = agreement
         try:
             await self._rest.post(f"/market-api/v1/agreements/{agreement_id}/approve",
@@ -293,6 +327,7 @@ class ProviderAgent:
         log.info("%s: agreement %s approved", self.config.name, agreement_id)
         await self._withdraw_offer()
         self._spawn(self._debit_notes(agreement))
+        self._spawn(self._watch(agreement))
 
     async def _agreement_events(self) -> None:
         after = _iso()
@@ -308,24 +343,76 @@ class ProviderAgent:
                     self._spawn(self._end_agreement(agreement, f"terminated: {reason}"))
 
     async def _end_agreement(self, agreement: _Agreement, reason: str, *,
-                             terminate: bool = False) -> None:
+                             broken: str | None = None, shutting_down: bool = False) -> None:
+        """End the agreement: close its activities, invoice, and offer again. ``broken`` (a
+        ya-provider reason code) or ``shutting_down``: the provider terminates it itself."""
         if agreement.ended.is_set():
             return
         agreement.ended.set()
+        agreement.changed.set()
         for activity in list(agreement.activities.values()):
             activity.close.set()
             await activity.closed.wait()
-        if terminate:
+        if broken or shutting_down:
             with contextlib.suppress(YagnaApiError):
                 await self._rest.post(f"/market-api/v1/agreements/{agreement.id}/terminate",
-                                      json={"message": reason})
+                                      json=break_reason(broken or SUCCESS, reason))
         await self._invoice(agreement)
         if self._agreement is agreement:
             self._agreement = None
         log.info("%s: agreement %s ended (%s)", self.config.name, agreement.id, reason)
-        if not terminate:  # (terminate: we are shutting down)
+        if not shutting_down:
             with contextlib.suppress(YagnaApiError):
                 await self._publish_offer()
+
+    async def _watch(self, agreement: _Agreement) -> None:
+        """Breaks the agreement as ya-provider does: no live activity for the idle timeout,
+        its expiration reached, or a debit note unaccepted past its deadline."""
+        loop = asyncio.get_running_loop()
+        while not agreement.ended.is_set():
+            agreement.changed.clear()
+            now = loop.time()
+            deadlines: list[tuple[float, str]] = []
+            if agreement.idle_since is not None:
+                deadlines.append((agreement.idle_since + self._idle_timeout, NO_ACTIVITY))
+            if agreement.expires_at is not None:
+                deadlines.append((now + agreement.expires_at - time.time(), EXPIRED))
+            if agreement.unaccepted:
+                deadlines.append((min(agreement.unaccepted.values()), DEBIT_NOTES_DEADLINE))
+            when, code = min(deadlines, default=(now + 3600.0, ""))
+            try:
+                async with asyncio.timeout_at(when):
+                    await agreement.changed.wait()
+                continue
+            except TimeoutError:
+                pass
+            message = await self._breach(agreement, code)
+            if message is not None:
+                await self._end_agreement(agreement, message, broken=code)
+                return
+
+    async def _breach(self, agreement: _Agreement, code: str) -> str | None:
+        """Whether the deadline that just passed breaks the agreement (and why)."""
+        if code == NO_ACTIVITY and agreement.idle_since is not None:
+            return f"No activity created within {self._idle_timeout:g}s"
+        if code == EXPIRED:
+            return "Agreement expired"
+        if code == DEBIT_NOTES_DEADLINE:
+            now = asyncio.get_running_loop().time()
+            for note_id, deadline in sorted(agreement.unaccepted.items(), key=lambda i: i[1]):
+                if deadline > now:
+                    break
+                try:
+                    note = await self._rest.get(f"/payment-api/v1/debitNotes/{note_id}")
+                except YagnaApiError as exc:
+                    log.warning("%s: checking debit note %s: %s", self.config.name, note_id, exc)
+                    note = None
+                if isinstance(note, dict) and note.get("status") in _ACCEPTED:
+                    agreement.unaccepted.pop(note_id, None)
+                    continue
+                timeout = agreement.terms.accept_timeout
+                return f"Requestor isn't accepting DebitNotes in time ({timeout:g}s)"
+        return None
 
     # -- payment ----------------------------------------------------------------------------
 
@@ -340,12 +427,21 @@ class ProviderAgent:
                     continue
                 usage = await activity.unit.usage()
                 vector = [float(usage.get(c, 0.0)) for c in agreement.pricing.usage_vector]
-                await self._send("debitNotes", {
+                note: dict[str, Any] = {
                     "agreementId": agreement.id, "activityId": activity.id,
                     "totalAmountDue": str(_price(agreement.pricing, usage) * self._overcharge),
                     "usageCounterVector": vector,
-                    "paymentDueDate": _iso(datetime.now(timezone.utc) + timedelta(minutes=5)),
-                })
+                }
+                terms = agreement.terms
+                if terms.payment_timeout is not None:
+                    # Payable only when mid-agreement payments were negotiated.
+                    note["paymentDueDate"] = _iso(datetime.now(timezone.utc)
+                                                  + timedelta(seconds=terms.payment_timeout))
+                note_id = await self._send("debitNotes", note)
+                if note_id is not None and terms.accept_timeout is not None:
+                    agreement.unaccepted[note_id] = (asyncio.get_running_loop().time()
+                                                     + terms.accept_timeout)
+                    agreement.changed.set()
 
     async def _invoice(self, agreement: _Agreement) -> None:
         total = Decimal(0)
@@ -357,13 +453,16 @@ class ProviderAgent:
             "paymentDueDate": _iso(datetime.now(timezone.utc) + timedelta(minutes=5)),
         })
 
-    async def _send(self, kind: str, document: dict[str, Any]) -> None:
+    async def _send(self, kind: str, document: dict[str, Any]) -> str | None:
+        """Create and send a debit note or an invoice; its id, or ``None`` if that failed."""
         try:
             created = await self._rest.post(f"/payment-api/v1/{kind}", json=document)
             key = "debitNoteId" if kind == "debitNotes" else "invoiceId"
             await self._rest.post(f"/payment-api/v1/{kind}/{created[key]}/send")
         except YagnaApiError as exc:
             log.warning("%s: sending %s failed: %s", self.config.name, kind, exc)
+            return None
+        return str(created[key])
 
     # -- activities -------------------------------------------------------------------------
 
@@ -399,6 +498,7 @@ class ProviderAgent:
             remote_schemes={"gftp": GftpScheme(self._bus)})
         activity = _Activity(activity_id, ExeUnit(activity_id, config))
         agreement.activities[activity_id] = activity
+        agreement.touch()
         self._spawn(self._hold(activity, agreement))
 
     async def _hold(self, activity: _Activity, agreement: _Agreement) -> None:
@@ -423,6 +523,7 @@ class ProviderAgent:
             with contextlib.suppress(GsbError):
                 await self._set_state(activity.id, activity_state(unit))
             activity.closed.set()
+            agreement.touch()
 
     async def _report(self, unit: ExeUnit, states: _States, agreement: _Agreement) -> None:
         """State changes as they happen; usage at least every second (the daemon's rule)."""

@@ -28,6 +28,27 @@ def _error(kind: str, detail: object) -> GsbHandlerError:
     return GsbHandlerError({kind: detail})
 
 
+MAX_WAIT = 24 * 3600.0
+
+
+def _index(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _error("badRequest", f"commandIndex must be a non-negative integer, not {value!r}")
+    return value
+
+
+def _seconds(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0 <= value <= MAX_WAIT:  # NaN fails both comparisons
+        raise _error("badRequest", f"timeout must be between 0 and {MAX_WAIT:g} seconds, "
+                                   f"not {value!r}")
+    return float(value)
+
+
 class ExeUnitService:
     """Answers the exe unit's GSB messages for one activity."""
 
@@ -76,18 +97,29 @@ class ExeUnitService:
             raise _error("activity", str(exc)) from exc
 
     async def _results(self, payload: Any) -> list[dict[str, Any]]:
+        """yagna's semantics: wait up to ``timeout`` seconds (none: do not wait) for command
+        ``commandIndex`` (none: the batch's last) to finish. On timeout a given index is an
+        error, while without one the results so far are the answer; with an index, only the
+        results up to it."""
         msg = self._check_activity(payload)
-        index = msg.get("commandIndex")
-        timeout = msg.get("timeout")
+        index, wait = _index(msg.get("commandIndex")), _seconds(msg.get("timeout"))
         try:
-            results = await self.unit.results(msg["batchId"],
-                                              None if index is None else int(index),
-                                              None if timeout is None else float(timeout))
+            batch = self.unit.batch(str(msg.get("batchId")))
         except UnknownBatch as exc:
             raise _error("notFound", str(exc)) from exc
+        if index is not None and index >= len(batch.commands):
+            raise _error("badRequest", f"commandIndex {index} is past the batch's last command "
+                                       f"({len(batch.commands) - 1})")
+        wanted = index if index is not None else len(batch.commands) - 1
+        try:
+            results = await batch.wait_results(wanted, wait)
         except TimeoutError:
-            # A variant without data: the bare name, which the daemon turns into a 408.
-            raise GsbHandlerError("timeout") from None
+            if index is not None:
+                # A variant without data: the bare name, which the daemon turns into a 408.
+                raise GsbHandlerError("timeout") from None
+            results = list(batch.results)
+        if index is not None:
+            results = [r for r in results if r.index <= index]
         if self._settled is not None and results and not results[-1].ok:
             await self._settled()
         return [r.to_json() for r in results]
