@@ -33,3 +33,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
   touch "$stamp"
 fi
+
+# yapapi, the other Python SDK, in an environment of its own (its pinned dependencies stay apart
+# from ours): the interop tests run requestors written against it on the devnet.
+interop=.venv/interop/yapapi
+if [ ! -x "$interop/bin/python" ] || [ ! -f "$interop/.installed" ]; then
+  "$python" -m venv "$interop"
+  "$interop/bin/python" -m pip install -q --disable-pip-version-check "yapapi==0.13.1"
+  touch "$interop/.installed"
+fi

@@ -202,6 +202,8 @@ def test_up_gives_a_network_whose_providers_reach_the_requestor(devnets: Any) ->
         if line.startswith("export "):
             key, _, value = line.removeprefix("export ").partition("=")
             env[key] = shlex.split(value)[0]
+    # workgen's gftp (for yapapi) comes first on the PATH it sets.
+    assert env.pop("PATH") == f"{Path(sys.executable).parent}:$PATH"
     assert env == {
         "YAGNA_APPKEY": state.requestor.appkey, "YAGNA_API_URL": state.requestor.api_url,
         "YAGNA_SUBNET": "public", "GSB_URL": state.requestor.gsb_url,

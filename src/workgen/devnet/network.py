@@ -401,6 +401,10 @@ def env_text(state: DevnetState) -> str:
     # golem-js reads the payment settings under these names.
     settings |= {"PAYMENT_NETWORK": state.payment_network, "PAYMENT_DRIVER": state.payment_driver}
     lines += [f"export {k}={shlex.quote(v)}" for k, v in settings.items()]
+    tools = Path(sys.executable).parent
+    if (tools / "gftp").exists():
+        # yapapi starts `gftp server` from PATH; workgen's is installed beside this Python.
+        lines.append(f'export PATH={shlex.quote(str(tools))}:"$PATH"')
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,47 @@
+"""A requestor written against yapapi's public API (its hello-world worker, plus files both
+ways), run by ``test_yapapi.py`` in yapapi's own environment against the devnet.
+
+Prints ``DATE <stdout of date>`` and ``OUT <downloaded bytes>``; exits non-zero on failure.
+The image is named by hash and URL, so yapapi asks no registry (the URL is a local stand-in).
+"""
+
+import asyncio
+import os
+import sys
+from datetime import timedelta
+
+from yapapi import Golem, Task, WorkContext
+from yapapi.payload import vm
+
+HELLO_IMAGE = "d646d7b93083d817846c2ae5c62c72ca0507782385a2e29291a3d376"
+
+
+async def worker(ctx: WorkContext, tasks):
+    async for task in tasks:
+        got = {}
+
+        async def keep(data: bytes) -> None:
+            got["out"] = data
+
+        script = ctx.new_script()
+        script.upload_bytes(b"sent by yapapi\n", "/golem/input/in.txt")
+        script.run("/bin/sh", "-c", "tr a-z A-Z < /golem/input/in.txt > /golem/output/out.txt")
+        date = script.run("/bin/sh", "-c", "date")
+        script.download_bytes("/golem/output/out.txt", on_download=keep)
+        yield script
+        task.accept_result(result=((await date).stdout, got.get("out")))
+
+
+async def main() -> None:
+    package = await vm.repo(image_hash=HELLO_IMAGE, image_url=os.environ["IMAGE_URL"])
+    async with Golem(budget=1.0, subnet_tag=os.environ.get("YAGNA_SUBNET", "public")) as golem:
+        async for done in golem.execute_tasks(worker, [Task(data=None)], payload=package,
+                                              timeout=timedelta(minutes=2)):
+            stdout, out = done.result
+            print("DATE", (stdout or "").strip(), flush=True)
+            print("OUT", out, flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    sys.exit(0)
