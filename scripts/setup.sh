@@ -42,3 +42,13 @@ if [ ! -x "$interop/bin/python" ] || [ ! -f "$interop/.installed" ]; then
   "$interop/bin/python" -m pip install -q --disable-pip-version-check "yapapi==0.13.1"
   touch "$interop/.installed"
 fi
+
+# golem-js, the JavaScript SDK, from npm (Node is on the machine), for the same tests.
+if command -v npm >/dev/null 2>&1; then
+  js=.venv/interop/golem-js
+  if [ ! -f "$js/.installed" ]; then
+    mkdir -p "$js"
+    npm install --silent --no-audit --no-fund --prefix "$js" "@golem-sdk/golem-js@3.6.0"
+    touch "$js/.installed"
+  fi
+fi
