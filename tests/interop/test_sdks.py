@@ -79,7 +79,7 @@ def sdk_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
 
 def run_requestor(argv: list[str], env: dict[str, str]) -> dict[str, str]:
     """Run an SDK's requestor; its ``DATE`` and ``OUT`` lines."""
-    done = subprocess.run(argv, env=env, cwd=HERE, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(argv, env=env, cwd=HERE, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines()
                  if line.startswith(("DATE ", "OUT ")))
@@ -93,6 +93,17 @@ def run_requestor(argv: list[str], env: dict[str, str]) -> dict[str, str]:
 def test_yapapi_runs_its_task_api_with_files_both_ways(sdk_devnet: Devnet) -> None:
     with serve(_Registry) as url:
         env = devnet_env(sdk_devnet) | {"IMAGE_URL": f"{url}/hello.gvmi"}
+        lines = run_requestor([str(YAPAPI_PYTHON), str(HERE / "yapapi_requestor.py")], env)
+    assert lines["OUT"] == repr(b"SENT BY YAPAPI\n"), lines
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not YAPAPI_PYTHON.exists(), reason="scripts/setup.sh installs yapapi")
+def test_a_yapapi_task_longer_than_the_debit_note_interval_completes(sdk_devnet: Devnet) -> None:
+    """The devnet's providers send a debit note every 60 s; yapapi ends an agreement whose
+    notes are payable without mid-agreement payments, or come too often."""
+    with serve(_Registry) as url:
+        env = devnet_env(sdk_devnet) | {"IMAGE_URL": f"{url}/hello.gvmi", "SLEEP": "70"}
         lines = run_requestor([str(YAPAPI_PYTHON), str(HERE / "yapapi_requestor.py")], env)
     assert lines["OUT"] == repr(b"SENT BY YAPAPI\n"), lines
 

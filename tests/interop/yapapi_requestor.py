@@ -26,7 +26,8 @@ async def worker(ctx: WorkContext, tasks):
         script = ctx.new_script()
         script.upload_bytes(b"sent by yapapi\n", "/golem/input/in.txt")
         script.run("/bin/sh", "-c", "tr a-z A-Z < /golem/input/in.txt > /golem/output/out.txt")
-        date = script.run("/bin/sh", "-c", "date")
+        # SLEEP makes the task outlast the debit-note interval (several notes, all accepted).
+        date = script.run("/bin/sh", "-c", f"sleep {int(os.environ.get('SLEEP', '0'))}; date")
         script.download_bytes("/golem/output/out.txt", on_download=keep)
         yield script
         task.accept_result(result=((await date).stdout, got.get("out")))
@@ -36,7 +37,7 @@ async def main() -> None:
     package = await vm.repo(image_hash=HELLO_IMAGE, image_url=os.environ["IMAGE_URL"])
     async with Golem(budget=1.0, subnet_tag=os.environ.get("YAGNA_SUBNET", "public")) as golem:
         async for done in golem.execute_tasks(worker, [Task(data=None)], payload=package,
-                                              timeout=timedelta(minutes=2)):
+                                              timeout=timedelta(minutes=5)):
             stdout, out = done.result
             print("DATE", (stdout or "").strip(), flush=True)
             print("OUT", out, flush=True)
