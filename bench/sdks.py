@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.server
-import json
-import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -32,39 +29,11 @@ from workgen.backends.yagna import Yagna
 from workgen.devnet import Devnet
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the interop tests' devnet settings and stand-in
+
+from support.sdks import HELLO_IMAGE, OfflineRegistry, devnet_env  # noqa: E402
 INTEROP = ROOT / ".venv" / "interop"
 HERE = Path(__file__).parent / "sdks"
-IMAGE_HASH = "d646d7b93083d817846c2ae5c62c72ca0507782385a2e29291a3d376"
-
-
-class _Registry(http.server.BaseHTTPRequestHandler):
-    def _body(self) -> bytes:
-        if self.path.startswith("/v1/image/info"):
-            url = f"http://127.0.0.1:{self.server.server_address[1]}/image.gvmi"
-            return json.dumps({"http": url, "https": url, "sha3": IMAGE_HASH,
-                               "size": 1024}).encode()
-        return b"\0" * 1024
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self._body())))
-        self.end_headers()
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.do_HEAD()
-        self.wfile.write(self._body())
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def env_of(devnet: Devnet) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("YAGNA_", "GSB_"))}
-    for line in devnet.env_path.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = shlex.split(value)[0].replace("$PATH", env.get("PATH", ""))
-    return env
 
 
 async def workgen_times(devnet: Devnet, n: int) -> tuple[float, float]:
@@ -105,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     n = args.n
     results: dict[str, tuple[float, float]] = {}
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OfflineRegistry)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     registry = f"http://127.0.0.1:{httpd.server_address[1]}"
     with tempfile.TemporaryDirectory(prefix="workgen-bench-sdks-") as directory:
@@ -113,7 +82,7 @@ def main() -> None:
         devnet.up(2)
         try:
             devnet.start_providers(dev_images=True)
-            env = env_of(devnet) | {"IMAGE_HASH": IMAGE_HASH, "IMAGE_URL": f"{registry}/x.gvmi",
+            env = devnet_env(devnet) | {"IMAGE_HASH": HELLO_IMAGE, "IMAGE_URL": f"{registry}/x.gvmi",
                                     "GOLEM_REGISTRY_URL": registry,
                                     "NODE_PATH": str(INTEROP / "golem-js" / "node_modules")}
             results["workgen"] = asyncio.run(workgen_times(devnet, n))

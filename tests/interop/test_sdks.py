@@ -6,18 +6,15 @@ ways through workgen's ``gftp server``, streamed output kept in results) and gol
 from __future__ import annotations
 
 import datetime
-import http.server
 import json
-import os
-import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from support.http import serve
+from support.sdks import OfflineRegistry, devnet_env
 from support.networks import stop_test_devnet
 from workgen.devnet import Devnet
 
@@ -25,43 +22,6 @@ INTEROP = Path(__file__).resolve().parents[2] / ".venv" / "interop"
 YAPAPI_PYTHON = INTEROP / "yapapi" / "bin" / "python"
 GOLEM_JS_MODULES = INTEROP / "golem-js" / "node_modules"
 HERE = Path(__file__).parent
-HELLO_IMAGE = "d646d7b93083d817846c2ae5c62c72ca0507782385a2e29291a3d376"
-
-
-class _Registry(http.server.BaseHTTPRequestHandler):
-    """Stands in for the image registry and an image host (offline): the SDKs look images up;
-    the devnet's providers never fetch them (they run the host image)."""
-
-    IMAGE = b"\0" * 1024
-
-    def _body(self) -> bytes:
-        if self.path.startswith("/v1/image/info"):
-            port = self.server.server_address[1]
-            url = f"http://127.0.0.1:{port}/hello.gvmi"
-            return json.dumps({"http": url, "https": url, "sha3": HELLO_IMAGE,
-                               "size": len(self.IMAGE)}).encode()
-        return self.IMAGE
-
-    def do_HEAD(self) -> None:  # noqa: N802 (the stdlib's name)
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self._body())))
-        self.end_headers()
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.do_HEAD()
-        self.wfile.write(self._body())
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def devnet_env(devnet: Devnet) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("YAGNA_", "GSB_"))}
-    for line in devnet.env_path.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = shlex.split(value)[0].replace("$PATH", env.get("PATH", ""))
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +51,7 @@ def run_requestor(argv: list[str], env: dict[str, str]) -> dict[str, str]:
 @pytest.mark.timeout(200)
 @pytest.mark.skipif(not YAPAPI_PYTHON.exists(), reason="scripts/setup.sh installs yapapi")
 def test_yapapi_runs_its_task_api_with_files_both_ways(sdk_devnet: Devnet) -> None:
-    with serve(_Registry) as url:
+    with serve(OfflineRegistry) as url:
         env = devnet_env(sdk_devnet) | {"IMAGE_URL": f"{url}/hello.gvmi"}
         lines = run_requestor([str(YAPAPI_PYTHON), str(HERE / "yapapi_requestor.py")], env)
     assert lines["OUT"] == repr(b"SENT BY YAPAPI\n"), lines
@@ -102,7 +62,7 @@ def test_yapapi_runs_its_task_api_with_files_both_ways(sdk_devnet: Devnet) -> No
 def test_a_yapapi_task_longer_than_the_debit_note_interval_completes(sdk_devnet: Devnet) -> None:
     """The devnet's providers send a debit note every 60 s; yapapi ends an agreement whose
     notes are payable without mid-agreement payments, or come too often."""
-    with serve(_Registry) as url:
+    with serve(OfflineRegistry) as url:
         env = devnet_env(sdk_devnet) | {"IMAGE_URL": f"{url}/hello.gvmi", "SLEEP": "70"}
         lines = run_requestor([str(YAPAPI_PYTHON), str(HERE / "yapapi_requestor.py")], env)
     assert lines["OUT"] == repr(b"SENT BY YAPAPI\n"), lines
@@ -111,7 +71,7 @@ def test_a_yapapi_task_longer_than_the_debit_note_interval_completes(sdk_devnet:
 @pytest.mark.timeout(200)
 @pytest.mark.skipif(not GOLEM_JS_MODULES.exists(), reason="scripts/setup.sh installs golem-js")
 def test_golem_js_rents_a_provider_and_moves_files_both_ways(sdk_devnet: Devnet) -> None:
-    with serve(_Registry) as url:
+    with serve(OfflineRegistry) as url:
         env = devnet_env(sdk_devnet) | {"GOLEM_REGISTRY_URL": url,
                                         "NODE_PATH": str(GOLEM_JS_MODULES)}
         lines = run_requestor(["node", str(HERE / "golem_js_requestor.cjs")], env)
