@@ -72,12 +72,12 @@ class _Activity:
 
 class _States:
     """An activity's state changes, reported to the daemon in order; :meth:`settled` waits
-    until the daemon has the latest."""
+    until the daemon has the latest state and usage."""
 
     SETTLE_TIMEOUT = 5.0
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[ActivityState] = asyncio.Queue()
+        self.queue: asyncio.Queue[ActivityState | None] = asyncio.Queue()
         self.changes = 0
         self.reported = 0
         self._done = asyncio.Condition()
@@ -92,6 +92,11 @@ class _States:
             self._done.notify_all()
 
     async def settled(self) -> None:
+        """Report state and usage now, and wait until the daemon has them: a requestor that
+        sees a batch end and asks for the activity's state or usage must find what explains
+        it (the daemon answers those from its last report)."""
+        self.changes += 1
+        self.queue.put_nowait(None)
         # Bounded: a daemon that does not take the report must not hold results back.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.SETTLE_TIMEOUT), self._done:
@@ -535,12 +540,13 @@ class ProviderAgent:
                     states.queue.get_nowait()
                 changes = states.changes
                 await self._set_state(unit.activity_id, activity_state(unit))
-                await states.mark_reported(changes)
             except TimeoutError:
-                pass
+                changes = None
             usage = await usage_report(unit, agreement.pricing.usage_vector)
             await self._bus.call("/local/activity/SetActivityUsage", {
                 "activityId": unit.activity_id, "usage": usage, "timeout": None})
+            if changes is not None:
+                await states.mark_reported(changes)
 
     async def _set_state(self, activity_id: str, state: dict[str, Any]) -> None:
         await self._bus.call("/local/activity/SetActivityState", {
