@@ -205,3 +205,20 @@ def test_sweep_stale_cleans_disks_of_dead_owners_only(tmp_path: Path) -> None:
     finally:
         for disk in (dead, live, other):
             close(disk)
+
+
+def test_sweep_anywhere_finds_disks_of_dead_owners_under_any_root(tmp_path: Path) -> None:
+    # A crashed local network's work root is never used again: its disks must be found anyway.
+    dead_dir = tmp_path / "workgen-local-x" / "activities" / "workgen-act-gone"
+    live_dir = tmp_path / "workgen-local-y" / "activities" / "workgen-act-here"
+    for d in (dead_dir, live_dir):
+        d.mkdir(parents=True)
+    dead = run(open_disk(dead_dir, 16 * MiB, owner_pid=dead_pid()))
+    live = run(open_disk(live_dir, 16 * MiB))
+    try:
+        assert run(sweep_stale(None)) >= 1
+        assert not mounted(dead_dir) and not dead.image.exists() and not dead_dir.exists()
+        assert mounted(live_dir) and live.image.exists()
+    finally:
+        for disk in (dead, live):
+            close(disk)

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from ...protocol.exescript import AtEnd, CaptureMode, Stream
 
 DEFAULT_MAX_AT_END = 64 << 20
+STREAM_KEPT = 1 << 20
+"""What a streamed command's result keeps of output without a stream limit (its two ends)."""
 ERROR_TAIL = 2048
 # Small pieces of output are gathered into blocks of this size before they are kept.
 _BLOCK = 64 << 10
@@ -125,10 +127,14 @@ class Collector:
         if isinstance(mode, AtEnd) and mode.part is not None:
             assert mode.limit is not None
             self._limit = min(mode.limit, max_at_end)
-        elif isinstance(mode, Stream) and mode.limit is not None:
+        elif isinstance(mode, Stream):
             # A streamed command's result carries its output too (as yagna's exe unit does):
-            # what was streamed, within the cap.
-            self._limit, part = min(mode.limit, max_at_end), "head"
+            # what was streamed, up to its limit; without one, its ends (the events carry it
+            # all), so that streaming stays the way to move much output in little memory.
+            if mode.limit is not None:
+                self._limit, part = min(mode.limit, max_at_end), "head"
+            else:
+                self._limit = min(STREAM_KEPT, max_at_end)
         self._rooms = _split(part, self._limit)
         self._head = _Bytes()
         self._tail = _Bytes()

@@ -118,6 +118,11 @@ _swept: set[Path] = set()
 async def _sweep_once(base: Path) -> None:
     """Clean up after processes that died with activities open under ``base`` (once per
     process and work root: a dead owner's leftovers don't come back)."""
+    if not _swept:
+        # Disks of dead owners anywhere (a crashed local network's own work root is never
+        # used again, so sweeping by root alone would miss them).
+        with contextlib.suppress(OSError):
+            await sweep_stale(None, PREFIX)
     if base in _swept:
         return
     _swept.add(base)

@@ -246,26 +246,32 @@ def _backing_file(source: str) -> str | None:
         return None  # detached meanwhile
 
 
-async def sweep_stale(root: Path, prefix: str = "workgen-act-") -> int:
-    """Unmounts the disks on ``root/<prefix>*`` whose owner is dead, removes their images (and
-    images left unmounted); returns how many disks it cleaned."""
-    base = os.path.realpath(root)
+async def sweep_stale(root: Path | None, prefix: str = "workgen-act-") -> int:
+    """Unmounts the disks on ``root/<prefix>*`` (``None``: on any ``<prefix>*`` directory, wherever
+    it is) whose owner is dead, removes their images (and images left unmounted); returns how
+    many disks it cleaned. Only disks this module made qualify: the image beside the mountpoint,
+    named after it and its owner's pid."""
+    base = os.path.realpath(root) if root is not None else None
     cleaned: set[str] = set()
     kept: set[str] = set()  # images of disks that stay mounted: not removed below either
     for mountpoint, source in _mounts():
         parent, name = os.path.split(mountpoint)
         backing = _backing_file(source)
-        if parent != base or not name.startswith(prefix) or backing is None:
+        if (base is not None and parent != base) or not name.startswith(prefix) \
+                or backing is None:
             continue
         m = re.fullmatch(re.escape(mountpoint) + r"\.([0-9]+)\.img", backing)
         if m is None or not owner_gone(int(m[1])) or not await _unmount(mountpoint):
             kept.add(backing)
             continue
         cleaned.add(backing)
+        if base is None:  # elsewhere nobody else removes the (now empty) mountpoint
+            with contextlib.suppress(OSError):
+                os.rmdir(mountpoint)
     # A crash between creating an image and mounting it, or after unmounting, leaves just a file.
     stale = re.compile(re.escape(prefix) + r".*\.([0-9]+)\.img")
     with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(base):
+        for entry in os.scandir(base) if base is not None else ():
             m = stale.fullmatch(entry.name)
             if m and entry.path not in kept and entry.is_file(follow_symlinks=False) \
                     and owner_gone(int(m[1])):
