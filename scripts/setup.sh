@@ -43,12 +43,14 @@ if [ ! -x "$interop/bin/python" ] || [ ! -f "$interop/.installed" ]; then
   touch "$interop/.installed"
 fi
 
-# golem-js, the JavaScript SDK, from npm (Node is on the machine), for the same tests.
+# golem-js, the JavaScript SDK, and its task executor, from npm (Node is on the machine), for
+# the same tests.
 if command -v npm >/dev/null 2>&1; then
   js=.venv/interop/golem-js
-  if [ ! -f "$js/.installed" ]; then
+  if [ ! -f "$js/.installed-2" ]; then
     mkdir -p "$js"
-    npm install --silent --no-audit --no-fund --prefix "$js" "@golem-sdk/golem-js@3.6.0"
-    touch "$js/.installed"
+    npm install --silent --no-audit --no-fund --prefix "$js" "@golem-sdk/golem-js@3.6.0" \
+      "@golem-sdk/task-executor@2.0.1"
+    touch "$js/.installed-2"
   fi
 fi

@@ -1,7 +1,9 @@
 """A requestor written against yapapi's public API (its hello-world worker, plus files both
 ways), run by ``test_yapapi.py`` in yapapi's own environment against the devnet.
 
-Prints ``DATE <stdout of date>`` and ``OUT <downloaded bytes>``; exits non-zero on failure.
+Prints ``RUNNING <provider>`` when a worker starts, then ``DATE <stdout of date>`` and
+``OUT <downloaded bytes>`` per task (``TASKS`` of them, one by default); exits non-zero on
+failure.
 The image is named by hash and URL, so yapapi asks no registry (the URL is a local stand-in).
 """
 
@@ -17,6 +19,7 @@ HELLO_IMAGE = "d646d7b93083d817846c2ae5c62c72ca0507782385a2e29291a3d376"
 
 
 async def worker(ctx: WorkContext, tasks):
+    print("RUNNING", ctx.provider_name, flush=True)
     async for task in tasks:
         got = {}
 
@@ -36,7 +39,8 @@ async def worker(ctx: WorkContext, tasks):
 async def main() -> None:
     package = await vm.repo(image_hash=HELLO_IMAGE, image_url=os.environ["IMAGE_URL"])
     async with Golem(budget=1.0, subnet_tag=os.environ.get("YAGNA_SUBNET", "public")) as golem:
-        async for done in golem.execute_tasks(worker, [Task(data=None)], payload=package,
+        tasks = [Task(data=None) for _ in range(int(os.environ.get("TASKS", "1")))]
+        async for done in golem.execute_tasks(worker, tasks, payload=package,
                                               timeout=timedelta(minutes=5)):
             stdout, out = done.result
             print("DATE", (stdout or "").strip(), flush=True)

@@ -324,7 +324,7 @@ async def test_thousands_of_tasks_in_one_job_with_bounded_memory(net: Network) -
             yield script
             task.accept_result()
 
-    # The devnet runs about a tenth as many tasks a second (bench/devnet.py).
+    # The devnet runs about a tenth as many tasks a second (bench/scripts.py).
     total = 10_000 if net.kind == "local" else 2_000
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n = 0

@@ -1,5 +1,5 @@
 """What running the other Golem SDKs against a devnet takes, shared by the interop tests and
-``bench/sdks.py``: the devnet's settings as those SDKs read them, and an offline stand-in for
+``bench/devnet.py``: the devnet's settings as those SDKs read them, and an offline stand-in for
 the image registry and image host they look images up on."""
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import Any
 from ..devnet import Devnet, DevnetError, NodeState, YagnaNotFound, default_directory
 from ..devnet.daemon import READY_TIMEOUT_S
 from ..devnet.network import DEFAULT_PROVIDERS
+from ..provider.terms import DEFAULT_ACCEPT_TIMEOUT
 from ._options import seconds, whole
 
 MAX_PROVIDERS = 256
@@ -46,6 +47,13 @@ def add_parser(commands: Any) -> None:
                     help="providers refuse demands that name an image they do not have "
                          "(default: they run such images on the host system image, so other "
                          "SDKs' examples run unchanged)")
+    up.add_argument("--debit-note-interval", type=seconds, default=60.0, metavar="SECONDS",
+                    help="how often the providers send debit notes (default: 60)")
+    up.add_argument("--debit-note-accept-timeout", type=seconds, default=None,
+                    metavar="SECONDS", help="the deadline for accepting a debit note the "
+                    "providers offer; an agreement whose requestor misses it is broken "
+                    "(default: the provider's, "
+                    f"{DEFAULT_ACCEPT_TIMEOUT:g})")
     up.set_defaults(handler=_up)
     status = sub.add_parser("status", parents=[where], help="show the devnet's processes")
     status.set_defaults(handler=_status)
@@ -63,7 +71,9 @@ def _up(args: argparse.Namespace) -> int:
         return _fail(exc, 1)
     if not args.no_agents:
         try:
-            devnet.start_providers(dev_images=not args.strict_images)
+            devnet.start_providers(dev_images=not args.strict_images,
+                                   debit_note_interval=args.debit_note_interval,
+                                   accept_timeout=args.debit_note_accept_timeout)
         except BaseException as exc:
             devnet.down()
             if isinstance(exc, Exception):

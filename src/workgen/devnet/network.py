@@ -233,12 +233,15 @@ class Devnet:
         return agent
 
     def start_providers(self, *, debit_note_interval: float = 60.0,
+                        accept_timeout: float | None = None,
                         nodes: Sequence[str] | None = None,
                         dev_images: bool = True) -> list[AgentState]:
         """Starts one Python provider (``workgen provider run``) on each provider node (or on
         the ``nodes`` named).
 
-        Their resources and prices vary as the local network's default providers' do. With
+        Their resources and prices vary as the local network's default providers' do; they
+        send debit notes every ``debit_note_interval`` and offer ``accept_timeout`` as the
+        deadline for accepting them (the provider's default if ``None``). With
         ``dev_images`` they run a demand's image they don't have on the host system image
         (other SDKs always name an image); without, they refuse such demands.
         """
@@ -262,6 +265,8 @@ class Devnet:
                 "--debit-note-interval", str(debit_note_interval),
                 "--dev-images" if dev_images else "--no-dev-images",
             ]
+            if accept_timeout is not None:
+                argv += ["--debit-note-accept-timeout", str(accept_timeout)]
             agents.append(self.start_agent(f"agent-{node.name}", node.name, argv))
         return agents
 

@@ -80,12 +80,14 @@ class PaymentTerms:
         )
 
 
-def negotiate(demand: Mapping[str, object], *, interval: float) -> PaymentTerms:
+def negotiate(demand: Mapping[str, object], *, interval: float,
+              minimum: float = MIN_DEBIT_NOTE_INTERVAL) -> PaymentTerms:
     """The terms this provider agrees to for ``demand`` (flat properties), or
-    :class:`TermsRefused`; ``interval`` is the provider's own debit-note interval."""
+    :class:`TermsRefused`; ``interval`` is the provider's own debit-note interval and
+    ``minimum`` the shortest one it takes."""
     asked = demand.get(COM_SCHEME_PAYU_DEBIT_NOTE_INTERVAL_SEC)
     if asked is not None:
-        interval = _require(asked, "debit-note interval", MIN_DEBIT_NOTE_INTERVAL)
+        interval = _require(asked, "debit-note interval", minimum)
     payment: float | None = None
     asked = demand.get(COM_SCHEME_PAYU_PAYMENT_TIMEOUT_SEC)
     if asked is not None:

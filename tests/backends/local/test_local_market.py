@@ -103,7 +103,7 @@ async def test_counter_with_unacceptable_terms_is_rejected_with_a_reason() -> No
         await net.counter_proposal(sub, initial, unpaid)
         second = await next_answer(sub)
         await sub.aclose()
-    assert isinstance(first, ProposalRejectedEvent) and "debit notes every" in first.reason
+    assert isinstance(first, ProposalRejectedEvent) and "debit-note interval must be" in first.reason
     assert isinstance(second, ProposalRejectedEvent) and "payment platform" in second.reason
     assert first.issuer_id == initial.issuer_id
 

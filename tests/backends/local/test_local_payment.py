@@ -70,7 +70,7 @@ async def test_a_demand_may_ask_for_its_own_debit_note_interval() -> None:
     async with LocalNetwork(1, debit_note_interval=60) as net:
         events = net.payment_events()
         _, demand = await paid_demand(
-            net, props={"golem.com.scheme.payu.debit-note.interval-sec?": 0.2})
+            net, props={"golem.com.scheme.payu.debit-note.interval-sec?": 1})
         agreement, _ = await ready_activity(net, demand)
         note = await anext(events)
         await net.terminate_agreement(agreement, "done")

@@ -4,23 +4,23 @@
 agreements, sandboxed activities, debit notes, invoices and a budget-enforcing ledger.
 """
 
-from ...provider.offer import INET, ProviderConfig, default_provider_configs
+from ...provider.agent import AgentAgreement, ProviderAgent
 from ...provider.images import DEV_IMAGES_ENV, IMAGE_TAG, ImageStore
+from ...provider.offer import INET, ProviderConfig, default_provider_configs
 from .ledger import PLATFORM, Ledger, Payment
 from .network import LocalNetwork
-from .provider import LocalProvider, ProviderAgreement
 
 __all__ = [
+    "AgentAgreement",
     "DEV_IMAGES_ENV",
     "IMAGE_TAG",
     "INET",
     "ImageStore",
     "Ledger",
     "LocalNetwork",
-    "LocalProvider",
     "PLATFORM",
     "Payment",
-    "ProviderAgreement",
+    "ProviderAgent",
     "ProviderConfig",
     "default_provider_configs",
 ]

@@ -1,8 +1,8 @@
-"""Activities of the local network: an execution unit held open by a task, and its batches.
+"""Activities of the local network: a provider agent's activity, and the batches run on it.
 
-Each activity owns one :class:`~workgen.provider.exeunit.unit.ExeUnit`. The unit is entered
-and left by :meth:`ActivityRecord.hold`, a task in the network's task group, so the unit's own
-tasks (its batches, its sandbox) have a parent that the network's shutdown reaches.
+Each activity owns one :class:`~workgen.provider.exeunit.unit.ExeUnit`, held open by its
+provider agent in a task of the network's task group, so the unit's own tasks (its batches, its
+sandbox) have a parent that the network's shutdown reaches.
 
 A batch's outcome is told apart by who ended it: a batch that failed because the sandbox died
 or the provider ended the activity raises :class:`~workgen.errors.ActivityLost` (broken); one
@@ -21,6 +21,7 @@ from ..base import Activity
 from ...errors import ActivityClosed, ActivityLost
 from ...protocol.exescript import Command
 from ...protocol.results import CommandResult, RuntimeEvent
+from ...provider.agent import AgentActivity, ClosedBy
 from ...provider.exeunit.batch import EventSubscription
 from ...provider.exeunit.unit import ActivityState, ExeUnit, ExeUnitError
 
@@ -29,29 +30,34 @@ log = logging.getLogger(__name__)
 LOST_PREFIX = "sandbox lost"
 """How the execution unit's ``state_reason`` starts when its sandbox died under it."""
 
-ClosedBy = Literal["requestor", "provider"]
-
-
 class ActivityRecord:
-    """One activity: its execution unit, who closed it and why, and its final usage."""
+    """One activity as the local network serves it: the provider agent's activity (its unit,
+    who closed it and why, its final usage) and the batches started on it."""
 
-    def __init__(self, activity: Activity, unit: ExeUnit):
-        self.activity = activity
-        self.unit = unit
-        self.closed_by: ClosedBy | None = None
-        self.close_reason: str | None = None
-        self.final_usage: dict[str, float] | None = None
+    def __init__(self, held: AgentActivity):
+        self.held = held
+        self.activity = Activity(id=held.id, agreement_id=held.agreement.id)
         self._batches: list[LocalBatch] = []
-        self._close = asyncio.Event()
-        self._done = asyncio.Event()
 
     @property
     def id(self) -> str:
-        return self.activity.id
+        return self.held.id
+
+    @property
+    def unit(self) -> ExeUnit:
+        return self.held.unit
+
+    @property
+    def closed_by(self) -> ClosedBy | None:
+        return self.held.closed_by
+
+    @property
+    def close_reason(self) -> str | None:
+        return self.held.close_reason
 
     @property
     def closed(self) -> bool:
-        return self._done.is_set()
+        return self.held.closed
 
     def lost_reason(self) -> str | None:
         """Why the unit broke (its sandbox died), or ``None``."""
@@ -60,41 +66,13 @@ class ActivityRecord:
             return reason
         return None
 
-    async def hold(self, ready: asyncio.Future[None]) -> None:
-        """Keep the unit open until :meth:`close`; the body of the activity's task."""
-        try:
-            async with self.unit:
-                if not ready.done():  # else whoever asked for the activity gave up on it
-                    ready.set_result(None)
-                await self._close.wait()
-        except Exception as exc:
-            # One activity failing must not tear down the network's task group.
-            if not ready.done():
-                ready.set_exception(exc)
-            else:
-                log.error("activity %s: execution unit failed: %r", self.id, exc)
-        finally:
-            # The unit is closed here, so this reads the final counters without suspending.
-            self.final_usage = await self.unit.usage()
-            self._done.set()
-
-    def abandon(self) -> None:
-        """Let the unit close without waiting (its creator was cancelled before it was ready)."""
-        self.closed_by, self.close_reason = "requestor", "abandoned while being created"
-        self._close.set()
+    async def detach_batches(self) -> None:
+        for batch in self._batches:
+            await batch.detach()
 
     async def close(self, by: ClosedBy, reason: str) -> dict[str, float]:
         """Close the unit (kill its sandbox, remove its files); returns the final usage."""
-        if self.closed_by is None:
-            self.closed_by, self.close_reason = by, reason
-        # A consumer that stopped reading a batch's events would hold its batch (and so the
-        # unit's shutdown) back; the activity is going, so its event streams end here.
-        for batch in self._batches:
-            await batch.detach()
-        self._close.set()
-        await self._done.wait()
-        assert self.final_usage is not None
-        return self.final_usage
+        return await self.held.close(by, reason)
 
     def check_usable(self) -> None:
         """Raise the error that says why this activity cannot take a batch, if it cannot."""

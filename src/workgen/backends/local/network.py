@@ -1,6 +1,7 @@
 """``LocalNetwork``: a whole Golem network in this process, behind the backend seam.
 
-N providers (:mod:`.provider`) publish offers on an in-process market (:mod:`.market`); demands
+N providers (:class:`~workgen.provider.agent.ProviderAgent`, linked in by :mod:`.provider`)
+publish offers on an in-process market (:mod:`.market`); demands
 are matched with Golem's constraint language, providers negotiate, approve agreements, run
 activities in real sandboxed execution units (:mod:`.activity`), send debit notes from measured
 usage and one invoice per agreement, and the requestor pays them from a ledger that enforces
@@ -34,18 +35,19 @@ from ..base import (
     Activity, Agreement, Allocation, BatchHandle, DebitNote, Demand, DemandSubscription,
     Invoice, PaymentEvent, Proposal, ProposalRejectedEvent,
 )
-from ...errors import BackendUnavailable, ImageNotFound
+from ...errors import AgreementRejected, BackendError, BackendUnavailable, ImageNotFound
 from ...protocol.exescript import Command
 from ...protocol.properties import COM_PAYMENT_CHOSEN_PLATFORM, payment_platform_address
 from ...protocol.results import utc_now
+from ...provider.agent import AgentAgreement, NegotiationRejected, ProviderAgent
 from ...provider.exeunit.unit import ExeUnit
-from .activity import ActivityRecord
-from ...provider.offer import ProviderConfig, default_provider_configs
 from ...provider.images import DEV_IMAGES_ENV, ImageResolver, ImageStore
+from ...provider.offer import ProviderConfig, default_provider_configs
+from .activity import ActivityRecord
 from .ledger import Ledger, new_address
 from .market import Market, ParsedDemand, new_id
 from .payments import PaymentChannel
-from .provider import LocalProvider, NegotiationRejected, ProviderAgreement, ProviderContext
+from .provider import LocalLink
 from .storage import SCHEME, LocalStorage
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class LocalNetwork:
     """An in-process Golem network of ``providers`` (default: one per CPU core).
 
     ``debit_note_interval`` is what providers offer (a demand may ask for another, see
-    :mod:`.provider`); ``images`` resolves demands' images (``dev_images=True`` or
+    :mod:`workgen.provider.terms`); ``images`` resolves demands' images (``dev_images=True`` or
     ``WORKGEN_DEV_IMAGES=1`` runs unknown ones on the host image); ``work_root`` is where the
     network's temporary directory goes (the system's temporary directory by default).
     """
@@ -104,8 +106,8 @@ class LocalNetwork:
                    "tags=[...]), or run in development mode (LocalNetwork(dev_images=True) or "
                    f"{DEV_IMAGES_ENV}=1) to use the host system image instead")
         self._market = Market()
-        self._providers: dict[str, LocalProvider] = {}
-        self._agreements: dict[str, LocalProvider] = {}
+        self._providers: dict[str, ProviderAgent] = {}
+        self._agreements: dict[str, ProviderAgent] = {}
         self._activities: dict[str, ActivityRecord] = {}
         self._payments = PaymentChannel(self.ledger)
         self._rejected_proposals: list[tuple[str, str]] = []
@@ -144,17 +146,16 @@ class LocalNetwork:
         os.chmod(activities, 0o711)
         self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._state = "running"
-        context = ProviderContext(
-            subnet=self.subnet, platform=self.ledger.platform,
-            debit_note_interval=self.debit_note_interval, work_root=activities,
-            spawn=self._spawn, emit=self._payments.emit,
-            availability_changed=self._availability_changed,
-            remote_schemes={SCHEME: self.storage.scheme},
-        )
         for config in self._configs:
-            provider = LocalProvider(config, new_address(), context)
-            self._providers[provider.node_id] = provider
-            self._market.publish(provider.make_offer())
+            node_id = new_address()
+            link = LocalLink(node_id, self._market, self._payments, self._spawn,
+                             lambda: self._state == "running", self._activities)
+            provider = ProviderAgent(
+                config, node_id, link, subnet=self.subnet, platform=self.ledger.platform,
+                debit_note_interval=self.debit_note_interval, images=self._resolver,
+                work_root=activities, remote_schemes={SCHEME: self.storage.scheme})
+            self._providers[node_id] = provider
+            await provider.publish()
         log.info("local network started with %d providers", len(self._providers))
 
     async def aclose(self) -> None:
@@ -181,10 +182,8 @@ class LocalNetwork:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 async with asyncio.TaskGroup() as tg:
                     for provider in self._providers.values():
-                        for pa in provider.agreements.values():
-                            if pa.state == "Approved":
-                                tg.create_task(provider.terminate(
-                                    pa, "the local network is closing", "requestor"))
+                        tg.create_task(provider.shutdown("the local network is closing",
+                                                         "requestor"))
         except TimeoutError:
             log.warning("agreements did not end within %gs; cancelling what is left",
                         CLOSE_TIMEOUT)
@@ -227,7 +226,7 @@ class LocalNetwork:
     # -- inspection (for tests and tools; read-only) ----------------------------------------
 
     @property
-    def providers(self) -> list[LocalProvider]:
+    def providers(self) -> list[ProviderAgent]:
         """The providers (``name``, ``node_id``, ``config``, ``agreements``), once started."""
         return list(self._providers.values())
 
@@ -272,7 +271,8 @@ class LocalNetwork:
         """Record the rejection; the provider then ends the agreement and invoices the work."""
         known = self._payments.reject_debit_note(note, reason)
         if self._state == "running":
-            self._providers[known.issuer_id].debit_note_rejected(known, reason)
+            self._providers[known.issuer_id].debit_note_rejected(known.agreement_id, known.id,
+                                                                 reason)
 
     async def accept_invoice(self, invoice: Invoice, allocation: Allocation) -> None:
         """Pay the invoice (its issued amount) from ``allocation``, all or nothing.
@@ -314,8 +314,7 @@ class LocalNetwork:
             current = self._market.current_offer(provider.node_id)
             if current is None or current.id != record.offer.id:
                 raise NegotiationRejected(f"the offer {record.offer.id} was withdrawn")
-            self._resolver.resolve(parsed.properties)
-            properties = provider.negotiate(parsed, record.offer)
+            properties = provider.negotiate(parsed.properties, parsed.constraint)
         except (NegotiationRejected, ImageNotFound) as exc:
             sub.push(ProposalRejectedEvent(counter_id, provider.node_id, str(exc)))
             return
@@ -348,20 +347,20 @@ class LocalNetwork:
         provider = self._providers[record.offer.provider_id]
         agreement = Agreement(id=new_id() + new_id(), proposal=record.proposal,
                               demand=record.counter_demand.demand, valid_to=valid_to)
-        provider.approve(agreement, record.counter_demand, record.offer,
-                         self._market.current_offer(provider.node_id))
+        if not provider.busy:
+            current = self._market.current_offer(provider.node_id)
+            if current is None or current.id != record.offer.id:
+                raise AgreementRejected(
+                    f"{provider.name} rejected the agreement: its offer {record.offer.id} was "
+                    "withdrawn", provider_id=provider.node_id)
+        demand = record.counter_demand
+        await provider.approve(agreement.id, offer=agreement.proposal.properties,
+                               demand=demand.properties, constraint=demand.constraint,
+                               expires_at=valid_to.timestamp())
         self._agreements[agreement.id] = provider
         return agreement
 
-    def _availability_changed(self, provider: LocalProvider) -> None:
-        if self._state != "running":
-            return
-        if provider.busy:
-            self._market.withdraw(provider.node_id)
-        else:
-            self._market.publish(provider.make_offer())
-
-    def _provider_agreement(self, agreement: Agreement) -> tuple[LocalProvider, ProviderAgreement]:
+    def _provider_agreement(self, agreement: Agreement) -> tuple[ProviderAgent, AgentAgreement]:
         provider = self._agreements.get(agreement.id)
         if provider is None:
             raise ValueError(f"agreement {agreement.id} was not made on this local network")
@@ -370,17 +369,28 @@ class LocalNetwork:
     async def terminate_agreement(self, agreement: Agreement, reason: str) -> None:
         """End the agreement: its activities are destroyed, its debit notes stop, and its
         provider sends one invoice (on :meth:`payment_events`) before this returns."""
-        provider, pa = self._provider_agreement(agreement)
-        await provider.terminate(pa, reason, "requestor")
+        provider, held = self._provider_agreement(agreement)
+        await provider.terminate(held, reason, "requestor")
 
     # -- activity ---------------------------------------------------------------------------
 
     async def create_activity(self, agreement: Agreement) -> Activity:
         self._require_running()
-        provider, pa = self._provider_agreement(agreement)
-        rootfs = self._resolver.resolve(ParsedDemand.parse(agreement.demand).properties)
-        record = await provider.create_activity(pa, rootfs)
+        provider, held = self._provider_agreement(agreement)
+        activity = provider.create_activity(held, new_id())
+        record = ActivityRecord(activity)
         self._activities[record.id] = record
+        try:
+            await activity.wait_ready()
+        except asyncio.CancelledError:
+            activity.request_close("requestor", "abandoned while being created")
+            raise
+        except Exception as exc:
+            raise BackendError(f"{provider.name} could not create an activity: {exc}") from exc
+        if held.state != "Approved":
+            # The agreement ended while the unit started; the unit went down with it.
+            raise AgreementRejected(f"agreement {held.id} with {provider.name} is terminated "
+                                    f"({held.reason})", provider_id=provider.node_id)
         return record.activity
 
     def _record(self, activity: Activity | str) -> ActivityRecord:

@@ -26,6 +26,7 @@ class PaymentChannel:
         self._debit_notes: dict[str, DebitNote] = {}
         self._invoices: dict[str, Invoice] = {}
         self._rejected_invoices: set[str] = set()
+        self._note_status: dict[str, str] = {}
         self._queue: asyncio.Queue[PaymentEvent | None] = asyncio.Queue()
 
     def emit(self, event: PaymentEvent) -> None:
@@ -57,14 +58,22 @@ class PaymentChannel:
             raise ValueError(f"invoice {invoice.id} was not issued on this local network")
         return known
 
+    def debit_note_status(self, note_id: str) -> str | None:
+        """The note's status as yagna names it, for its provider."""
+        if note_id not in self._debit_notes:
+            return None
+        return self._note_status.get(note_id, "RECEIVED")
+
     def accept_debit_note(self, note: DebitNote, allocation: Allocation) -> None:
         known = self.debit_note(note)
         self.ledger.check_usable(allocation)
         self.ledger.accepted_debit_notes.append((known, allocation.id))
+        self._note_status[known.id] = "ACCEPTED"
 
     def reject_debit_note(self, note: DebitNote, reason: str) -> DebitNote:
         known = self.debit_note(note)
         self.ledger.rejected_debit_notes.append((known, reason))
+        self._note_status[known.id] = "REJECTED"
         log.info("debit note %s of %s rejected: %s", known.id, known.issuer_id, reason)
         return known
 

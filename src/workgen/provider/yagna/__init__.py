@@ -1,7 +1,8 @@
 """The provider side on a real yagna node: the agent (REST) and the execution unit (GSB).
 
 :func:`run_provider` connects to a yagna daemon (its REST API and its GSB) and runs one
-:class:`ProviderAgent` until cancelled.
+:class:`~workgen.provider.agent.ProviderAgent` on it, through a :class:`YagnaLink`, until
+cancelled.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ...gftp import GftpScheme
 from ...gsb import open_gsb
-from ..images import ImageResolver
+from ..agent import ProviderAgent
+from ..images import ImageResolver, ImageStore
 from ..offer import ProviderConfig
 from ..terms import DEFAULT_ACCEPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT
-from .agent import PLATFORM, ProviderAgent
+from .agent import PLATFORM, YagnaLink
 from .rest import RestClient, YagnaApiError
 
-__all__ = ["PLATFORM", "ProviderAgent", "RestClient", "YagnaApiError", "run_provider"]
+__all__ = ["PLATFORM", "RestClient", "YagnaApiError", "YagnaLink", "run_provider"]
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +38,14 @@ async def run_provider(config: ProviderConfig, *, api_url: str, appkey: str, gsb
         me = await rest.get("/me")
         node_id = me["identity"]
         async with open_gsb(gsb_url, name=f"workgen-provider-{config.name}") as bus:
-            agent = ProviderAgent(config, rest, bus, node_id, subnet=subnet,
-                                  debit_note_interval=debit_note_interval, work_root=work_root,
-                                  overcharge=overcharge, images=images,
-                                  idle_timeout=idle_timeout, accept_timeout=accept_timeout)
+            link = YagnaLink(rest, bus, config.name)
+            agent = ProviderAgent(
+                config, node_id, link, subnet=subnet, platform=PLATFORM,
+                debit_note_interval=debit_note_interval,
+                images=images or ImageResolver(ImageStore(), dev_images=False),
+                work_root=work_root, remote_schemes={"gftp": GftpScheme(bus)},
+                idle_timeout=idle_timeout, accept_timeout=accept_timeout, overcharge=overcharge)
             log.info("provider %s on node %s", config.name, node_id)
-            await agent.run()
+            await link.run(agent)
     finally:
         await rest.aclose()

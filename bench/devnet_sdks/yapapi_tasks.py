@@ -1,4 +1,4 @@
-"""N one-command tasks through yapapi's execute_tasks (2 workers), timed; run by bench/sdks.py
+"""N one-command tasks through yapapi's execute_tasks (2 workers), timed; run by bench/devnet.py
 with yapapi's own interpreter. Prints ``FIRST <s>`` (from start to the first result) and
 ``LAST <s>`` (to the last), seconds since the program started."""
 

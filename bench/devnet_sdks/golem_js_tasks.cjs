@@ -1,4 +1,4 @@
-// N one-command runs through golem-js's rental pool (2 rentals), timed; run by bench/sdks.py
+// N one-command runs through golem-js's rental pool (2 rentals), timed; run by bench/devnet.py
 // with golem-js's own packages. Prints "FIRST <s>" and "LAST <s>" since the program started.
 const { GolemNetwork } = require("@golem-sdk/golem-js");
 const START = performance.now();
