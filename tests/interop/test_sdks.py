@@ -129,15 +129,15 @@ def test_a_killed_requestors_providers_come_back_for_the_next_one(sdk_devnet: De
     requestor gets one."""
     with serve(OfflineRegistry) as url:
         env = devnet_env(sdk_devnet) | {"IMAGE_URL": f"{url}/hello.gvmi"}
-        first = subprocess.Popen(
-            [str(YAPAPI_PYTHON), str(HERE / "yapapi_requestor.py")],
-            env=env | {"TASKS": "2", "SLEEP": "600"}, cwd=HERE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True)
-        try:
-            running = _lines_starting(first, "RUNNING ", 2, timeout=120)
-        finally:
-            first.send_signal(signal.SIGKILL)
-            first.wait()
+        with subprocess.Popen(
+                [str(YAPAPI_PYTHON), str(HERE / "yapapi_requestor.py")],
+                env=env | {"TASKS": "2", "SLEEP": "600"}, cwd=HERE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True) as first:
+            try:
+                running = _lines_starting(first, "RUNNING ", 2, timeout=120)
+            finally:
+                first.send_signal(signal.SIGKILL)
+                first.wait()
         assert len(set(running)) == 2, running  # both providers held
         killed = time.monotonic()
         lines = run_requestor([str(YAPAPI_PYTHON), str(HERE / "yapapi_requestor.py")], env)

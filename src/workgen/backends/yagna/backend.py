@@ -8,6 +8,7 @@ the SSE stream of a batch's runtime events.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -320,18 +321,31 @@ class Yagna:
                       constraints="(&" + "".join(constraints) + ")" if constraints else "")
 
     async def payment_events(self) -> AsyncIterator[PaymentEvent]:
-        after = _iso()
-        while True:
-            async with task_scope() as tg:
-                notes = tg.create_task(self.api.get("/payment-api/v1/debitNoteEvents",
-                                                    params={"afterTimestamp": after}, poll=POLL))
-                invoices = tg.create_task(self.api.get("/payment-api/v1/invoiceEvents",
-                                                       params={"afterTimestamp": after},
-                                                       poll=POLL))
-            events = sorted((notes.result() or []) + (invoices.result() or []),
-                            key=lambda e: e.get("eventDate", ""))
-            for event in events:
-                after = max(after, event.get("eventDate", after))
+        """Debit notes and invoices as the daemon receives them. The two kinds are polled
+        apart, so one kind's long poll never holds the other's events back (an invoice must
+        not wait for the debit notes' poll to time out)."""
+        queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        start = _iso()
+
+        async def pump(path: str) -> None:
+            after = start
+            try:
+                while True:
+                    events = await self.api.get(path, params={"afterTimestamp": after},
+                                                poll=POLL) or []
+                    for event in sorted(events, key=lambda e: e.get("eventDate", "")):
+                        after = max(after, event.get("eventDate", after))
+                        queue.put_nowait(event)
+            except Exception as exc:
+                queue.put_nowait(exc)
+
+        pumps = [asyncio.create_task(pump(f"/payment-api/v1/{kind}Events"))
+                 for kind in ("debitNote", "invoice")]
+        try:
+            while True:
+                event = await queue.get()
+                if isinstance(event, BaseException):
+                    raise event
                 if event.get("eventType") == "DebitNoteReceivedEvent":
                     doc = await self.api.get(f"/payment-api/v1/debitNotes/{event['debitNoteId']}")
                     yield DebitNote(
@@ -346,6 +360,10 @@ class Yagna:
                     yield Invoice(id=doc["invoiceId"], agreement_id=doc["agreementId"],
                                   activity_ids=tuple(doc.get("activityIds") or ()),
                                   amount=Decimal(doc["amount"]), issuer_id=doc.get("issuerId", ""))
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
 
     async def accept_debit_note(self, note: DebitNote, allocation: Allocation) -> None:
         await self._keep_allocation(allocation)
