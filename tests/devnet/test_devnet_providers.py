@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -189,3 +190,41 @@ def test_a_requestor_uses_the_python_providers_of_a_devnet_from_the_cli(tmp_path
     assert "is down" in down.stdout
     assert not survivors, f"still running after `workgen devnet down`: pids {survivors}"
     assert not directory.exists()
+
+
+LATE_S = 8.0
+"""Past yagna's first offer broadcast (5 s after publishing, by default): a node whose first
+demand comes later would, with yagna's defaults, wait for the cyclic rebroadcast (minutes)."""
+LATE_OFFERS_TIMEOUT_S = 20.0
+
+
+async def late_demand_sees_every_offer(env: dict[str, str], providers: int) -> float:
+    req = RestRequestor(env["YAGNA_API_URL"], env["YAGNA_APPKEY"])
+    try:
+        await req.allocate()
+        subscription, _ = await req.demand(env["YAGNA_SUBNET"])
+        started = asyncio.get_running_loop().time()
+        offers: set[str] = set()
+        async with asyncio.timeout(LATE_OFFERS_TIMEOUT_S):
+            while len(offers) < providers:
+                offers.add((await req.next_proposal(subscription, "Initial"))["issuerId"])
+        return asyncio.get_running_loop().time() - started
+    finally:
+        await req.aclose()
+
+
+@pytest.mark.timeout(120)
+def test_a_demand_made_well_after_up_sees_every_offer_at_once(tmp_path: Path) -> None:
+    """The README's flow: `devnet up`, and a requestor started whenever the user gets to it.
+    The time elapsed between the two is the scenario itself, hence the wait."""
+    directory = tmp_path / "devnet"
+    try:
+        up = workgen("up", "--providers", "2", "--dir", str(directory))
+        assert up.returncode == 0, up.stderr
+        time.sleep(LATE_S)
+        took = asyncio.run(late_demand_sees_every_offer(read_env(directory / "devnet.env"), 2))
+        print(f"a demand made {LATE_S:g} s after up saw both offers in {took:.2f} s")
+    finally:
+        down, survivors = bring_down(directory)
+    assert down is not None and down.returncode == 0, down
+    assert not survivors, survivors
