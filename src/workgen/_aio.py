@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -26,6 +27,16 @@ async def task_scope() -> AsyncIterator[asyncio.TaskGroup]:
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+async def logging_failures(coro: Coroutine[Any, Any, None], what: str,
+                           logger: logging.Logger) -> None:
+    """Run ``coro``, logging its failure instead of raising it: for a background task whose
+    failure must not cancel its task group's other members. Cancellation passes through."""
+    try:
+        await coro
+    except Exception:
+        logger.exception("%s failed", what)
 
 
 class Signalled(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 D = TypeVar("D")
 R = TypeVar("R")

@@ -23,7 +23,7 @@ import pytest
 from support.requestor import RestRequestor, iso
 from workgen.gftp import open_upload, publish
 from workgen.gsb import open_gsb
-from support.yagna import YagnaNode, pid_alive, start_yagna
+from support.yagna import YagnaNode, start_yagna
 from workgen.protocol.pricing import LinearPricing
 from workgen.protocol.properties import USAGE_CPU_SEC, USAGE_DURATION_SEC
 from workgen.provider.offer import ProviderConfig

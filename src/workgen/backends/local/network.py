@@ -35,6 +35,7 @@ from ..base import (
     Activity, Agreement, Allocation, BatchHandle, DebitNote, Demand, DemandSubscription,
     Invoice, PaymentEvent, Proposal, ProposalRejectedEvent,
 )
+from ..._aio import logging_failures
 from ...errors import AgreementRejected, BackendError, BackendUnavailable, ImageNotFound
 from ...protocol.exescript import Command
 from ...protocol.properties import COM_PAYMENT_CHOSEN_PLATFORM, payment_platform_address
@@ -198,7 +199,9 @@ class LocalNetwork:
         if self._tg is None or self._state == "closed":
             coro.close()
             raise RuntimeError("the local network is not running")
-        task = self._tg.create_task(self._guarded(coro, name), name=name)
+        # A failing task would cancel the task that called start() (the group's parent).
+        task = self._tg.create_task(
+            logging_failures(coro, f"local network task {name!r}", log), name=name)
         self._tasks.add(task)
 
         def done(task: asyncio.Task[None]) -> None:
@@ -208,15 +211,6 @@ class LocalNetwork:
                 coro.close()
 
         task.add_done_callback(done)
-
-    @staticmethod
-    async def _guarded(coro: Coroutine[Any, Any, None], name: str) -> None:
-        # A failing task would cancel the task that called start() (the group's parent):
-        # log it instead. Cancellation still passes through.
-        try:
-            await coro
-        except Exception:
-            log.exception("local network task %r failed", name)
 
     def _require_running(self) -> None:
         if self._state != "running":

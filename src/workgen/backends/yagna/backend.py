@@ -23,7 +23,6 @@ from typing import Any
 
 import httpx
 
-from ..._aio import task_scope
 from ...errors import (
     ActivityClosed, ActivityLost, AgreementRejected, BackendError, BackendUnavailable,
     BudgetExhausted, ImageNotFound, PaymentError,

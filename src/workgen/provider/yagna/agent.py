@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from datetime import datetime, timezone
 from typing import Any
 
-from ..._aio import task_scope
+from ..._aio import logging_failures, task_scope
 from ...errors import AgreementRejected
 from ...gsb import GsbClient, GsbError
 from ...protocol.constraints import ConstraintSyntaxError, parse_constraints
@@ -126,15 +126,8 @@ class YagnaLink:
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         assert self._tg is not None
-        self._tg.create_task(self._guarded(coro, name), name=name)
-
-    @staticmethod
-    async def _guarded(coro: Coroutine[Any, Any, None], name: str) -> None:
         # One agreement or activity failing must not take the provider down.
-        try:
-            await coro
-        except Exception:
-            log.exception("provider task %r failed", name)
+        self._tg.create_task(logging_failures(coro, f"provider task {name!r}", log), name=name)
 
     # -- market -----------------------------------------------------------------------------
 
