@@ -97,3 +97,19 @@ async def test_the_provider_ends_an_agreement_at_its_valid_to() -> None:
         state = provider.agreements[agreement.id]
     assert isinstance(invoice, Invoice) and invoice.agreement_id == agreement.id
     assert state.state == "Terminated" and "expired" in (state.reason or "")
+
+
+async def test_an_agreement_without_a_live_activity_is_broken_by_its_provider() -> None:
+    """The same agent as on yagna: no activity for the idle timeout ends the agreement, with
+    ya-provider's reason, and the provider invoices (nothing) and offers again."""
+    async with LocalNetwork(1, idle_agreement_timeout=0.3) as net:
+        events = net.payment_events()
+        _, demand = await paid_demand(net)
+        agreement = await agreement_on(net, demand)
+        invoice = await anext(events)
+        (provider,) = net.providers
+        state = provider.agreements[agreement.id]
+        assert isinstance(invoice, Invoice) and invoice.amount == 0
+        assert state.state == "Terminated" and state.reason == "No activity created within 0.3s"
+        assert not provider.busy
+        assert len(await drain(await net.subscribe_demand(demand))) == 1

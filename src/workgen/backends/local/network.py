@@ -44,6 +44,7 @@ from ...provider.agent import AgentAgreement, NegotiationRejected, ProviderAgent
 from ...provider.exeunit.unit import ExeUnit
 from ...provider.images import DEV_IMAGES_ENV, ImageResolver, ImageStore
 from ...provider.offer import ProviderConfig, default_provider_configs
+from ...provider.terms import DEFAULT_IDLE_TIMEOUT
 from .activity import ActivityRecord
 from .ledger import Ledger, new_address
 from .market import Market, ParsedDemand, new_id
@@ -63,7 +64,9 @@ class LocalNetwork:
     ``debit_note_interval`` is what providers offer (a demand may ask for another, see
     :mod:`workgen.provider.terms`); ``images`` resolves demands' images (``dev_images=True`` or
     ``WORKGEN_DEV_IMAGES=1`` runs unknown ones on the host image); ``work_root`` is where the
-    network's temporary directory goes (the system's temporary directory by default).
+    network's temporary directory goes (the system's temporary directory by default). A
+    provider breaks an agreement that has had no live activity for
+    ``idle_agreement_timeout`` seconds, as on yagna.
     """
 
     name = "local"
@@ -80,6 +83,7 @@ class LocalNetwork:
         images: ImageStore | None = None,
         dev_images: bool = False,
         work_root: Path | None = None,
+        idle_agreement_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ):
         if providers is None:
             configs = default_provider_configs(os.cpu_count() or 1)
@@ -94,6 +98,10 @@ class LocalNetwork:
             raise ValueError(f"debit_note_interval must be positive, got {debit_note_interval}")
         self.subnet = subnet
         self.debit_note_interval = float(debit_note_interval)
+        if not math.isfinite(idle_agreement_timeout) or idle_agreement_timeout <= 0:
+            raise ValueError("idle_agreement_timeout must be positive, got "
+                             f"{idle_agreement_timeout}")
+        self._idle_timeout = float(idle_agreement_timeout)
         self.images = images if images is not None else ImageStore()
         self.dev_images = dev_images or os.environ.get(DEV_IMAGES_ENV) == "1"
         self.ledger = Ledger()
@@ -154,7 +162,8 @@ class LocalNetwork:
             provider = ProviderAgent(
                 config, node_id, link, subnet=self.subnet, platform=self.ledger.platform,
                 debit_note_interval=self.debit_note_interval, images=self._resolver,
-                work_root=activities, remote_schemes={SCHEME: self.storage.scheme})
+                work_root=activities, remote_schemes={SCHEME: self.storage.scheme},
+                idle_timeout=self._idle_timeout)
             self._providers[node_id] = provider
             await provider.publish()
         log.info("local network started with %d providers", len(self._providers))
