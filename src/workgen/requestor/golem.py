@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 import logging
 import os
 import time
@@ -85,6 +86,13 @@ class Golem:
             raise ValueError(f"budget must be a non-negative number, got {budget!r}")
         self.budget = Budget(amount)
         self._backend = backend
+        if strategy is not None and not isinstance(strategy, MarketStrategy):
+            raise TypeError(f"strategy must be a MarketStrategy (for example "
+                            f"LeastExpensiveLinearPayuMS()), got {strategy!r}")
+        if (isinstance(invoice_timeout, bool) or not isinstance(invoice_timeout, (int, float))
+                or not math.isfinite(invoice_timeout) or invoice_timeout <= 0):
+            raise ValueError(f"invoice_timeout must be a positive number of seconds, "
+                             f"got {invoice_timeout!r}")
         self.strategy = strategy or default_strategy()
         self._subnet_tag = subnet_tag
         if event_consumer is None:
@@ -215,14 +223,15 @@ class Golem:
         """
         if self._state != "running" or self._tg is None:
             raise RuntimeError("start the Golem first: 'async with Golem(...) as golem:'")
-        if not inspect.isasyncgenfunction(worker) and not callable(worker):
-            raise TypeError(f"worker must be an async generator function, got {worker!r}")
-        if max_workers is not None and max_workers < 1:
-            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must not be negative, got {max_retries}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+        _check_worker(worker)
+        if max_workers is not None and not _whole(max_workers, 1):
+            raise ValueError(f"max_workers must be a whole number, at least 1, got {max_workers!r}")
+        if not _whole(max_retries, 0):
+            raise ValueError(f"max_retries must be a whole number, at least 0, got {max_retries!r}")
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float))
+                                    or not math.isfinite(timeout) or timeout <= 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         demand = await self._demand_for(payload)
         job = Job(self, worker=worker, data=data, demand=demand,
                   max_workers=max_workers or DEFAULT_MAX_WORKERS, timeout=timeout,
@@ -353,3 +362,21 @@ class Golem:
             if amount > fair + AMOUNT_TOLERANCE:
                 return f"amount {amount} is over {fair}, the agreed price for the usage reported"
         return None
+
+
+def _whole(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_worker(worker: object) -> None:
+    """A worker is an async generator function (or a callable returning an async generator,
+    checked when it is called): anything else would leave the job waiting on it."""
+    if inspect.isasyncgenfunction(worker):
+        return
+    if inspect.iscoroutinefunction(worker) or inspect.iscoroutinefunction(
+            getattr(worker, "__call__", None)):
+        raise TypeError(f"worker {worker!r} is an 'async def' without 'yield': a worker is an "
+                        "async generator that yields scripts (async def worker(context, tasks): "
+                        "... yield script ...)")
+    if not callable(worker):
+        raise TypeError(f"worker must be an async generator function, got {worker!r}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from decimal import Decimal
@@ -50,6 +51,15 @@ EXTEND_AHEAD_SEC = 2.0
 
 class _WorkerFailed(Exception):
     pass
+
+
+class _Misuse(Exception):
+    """The job cannot run as asked (say, the worker is no async generator): it ends with
+    ``error``, whatever the providers do."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
 
 
 class Job:
@@ -100,6 +110,8 @@ class Job:
         except Exception as exc:  # reported to the caller of execute_tasks
             self.error = exc
         finally:
+            if isinstance(self.error, _Misuse):
+                self.error = self.error.error
             reason = _describe_error(self.error)
             for task in self.queue.drain():
                 await self._fail(task, reason or "the job ended before the task could run")
@@ -264,6 +276,9 @@ class Job:
         except TimeoutError:
             reason = "the agreement used its share of the budget"
             log.info("%s: %s", agreement.provider_name, reason)
+        except _Misuse:
+            reason = "the job cannot run"
+            raise
         except (WorkgenError, _WorkerFailed, Exception) as exc:
             reason = f"failed: {_short(exc)}"
             self.golem.strategy.report_failure(agreement.provider_id, reason)
@@ -288,8 +303,13 @@ class Job:
         state: dict[str, Any] = {"budget_stop": False, "longest": None}
         tasks = self._tasks(ctx, first, held, reservation, deadline, state)
         gen = self._worker(ctx, tasks)
-        if not hasattr(gen, "asend"):
-            raise TypeError(f"the worker must be an async generator function, got {self._worker!r}")
+        if not inspect.isasyncgen(gen):
+            if inspect.iscoroutine(gen):
+                gen.close()
+            await self.queue.put_back(first)  # never handed to the worker
+            raise _Misuse(TypeError(
+                f"the worker {self._worker!r} returned {gen!r}, not an async generator: a "
+                "worker is an async generator function that yields scripts"))
         try:
             async with task_scope() as tg:
                 send: Any = None
@@ -303,6 +323,12 @@ class Job:
                     if not isinstance(item, Script):
                         raise TypeError(f"the worker yielded {item!r}; yield Script objects "
                                         "made by context.new_script()")
+                    if item._sent:
+                        # Raised where the worker yielded it, so it can tell which one.
+                        throw = RuntimeError(
+                            f"{item!r} was already sent: a script runs once; make a new one "
+                            "with context.new_script()")
+                        continue
                     if item.wait_for_results:
                         try:
                             send = _completed(await ctx._run_script(item))
@@ -355,7 +381,9 @@ class Job:
                 await self._settle(done)
             if ctx._retired:
                 return
-            task = await self.queue.get()
+            # The tasks this worker holds cannot come back while it waits for another.
+            task = await self.queue.get(holding=sum(
+                1 for t in held if t.status is TaskStatus.RUNNING))
 
     # -- settling tasks ----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ class TaskQueue:
             raise TypeError(f"data must be an iterable or async iterable, got {type(data)!r}")
         self._retry: collections.deque[Task[Any, Any]] = collections.deque()
         self._out = 0
+        self._held_by_waiters = 0
         self._claims = 0
         self._exhausted = False
         self._closed = False
@@ -47,8 +48,14 @@ class TaskQueue:
     def finished(self) -> bool:
         return (self._exhausted or self._closed) and not self._retry and self._out == 0
 
-    async def get(self) -> Task[Any, Any] | None:
-        """The next task for a worker that has an activity; waits while others hold tasks."""
+    async def get(self, holding: int = 0) -> Task[Any, Any] | None:
+        """The next task for a worker that has an activity; waits while others hold tasks.
+
+        ``holding``: tasks the caller holds unsettled. They cannot come back while it waits,
+        so when every task out is held by waiting callers there is nothing to wait for: the
+        answer is ``None`` (a worker that takes tasks without settling them ends, and its
+        tasks are then retried or failed, instead of waiting forever).
+        """
         while True:
             task = self.take_nowait()
             if task is not None or self._closed:
@@ -59,11 +66,18 @@ class TaskQueue:
                     self._out += 1
                     return task
                 continue
-            if self._out == 0:
+            if self._out - self._held_by_waiters - holding <= 0:
                 return None
-            async with self._changed:
-                await self._changed.wait_for(
-                    lambda: bool(self._retry) or self._out == 0 or self._closed)
+            self._held_by_waiters += holding
+            try:
+                if holding:
+                    await self._notify()  # other waiters may now have nothing to wait for
+                async with self._changed:
+                    await self._changed.wait_for(
+                        lambda: bool(self._retry) or self._closed
+                        or self._out - self._held_by_waiters <= 0)
+            finally:
+                self._held_by_waiters -= holding
 
     async def wait_for_work(self) -> bool:
         """Wait until a task is ready that no other slot has claimed, and claim it (True);
