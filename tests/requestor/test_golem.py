@@ -169,6 +169,33 @@ async def test_failed_command_is_thrown_in_at_yield_and_later_commands_are_skipp
     assert failed.status is TaskStatus.REJECTED and failed.reason == "command failed"
 
 
+@pytest.mark.parametrize("command, code", [
+    # A failure that only says "timed out" is the command's failure, not the script's timeout.
+    ("echo 'connect: timed out' >&2; exit 3", 3),
+    # A command killed by a signal: 128 + N, as a shell reports it, on both networks.
+    ("kill -9 $$", 137),
+])
+async def test_a_failed_command_s_code_and_kind_come_from_its_unit_not_its_text(
+        net: Network, command: str, code: int) -> None:
+    caught: list[BaseException] = []
+
+    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = context.new_script(timeout=30)
+            script.run("/bin/sh", "-c", command)
+            try:
+                yield script
+            except Exception as exc:
+                caught.append(exc)
+            task.accept_result()
+
+    async with net.golem(Recorder()) as g:
+        await collect(g, worker, ["x"])
+    (error,) = caught
+    assert type(error) is CommandExecutionError, error
+    assert error.result.return_code == code
+
+
 async def test_script_timeout_raises_batch_timeout_at_yield(net: Network) -> None:
     rec = Recorder()
     caught: list[BaseException] = []

@@ -21,7 +21,7 @@ from typing import Literal, Protocol, runtime_checkable
 from ..protocol.exescript import Command
 from ..protocol.pricing import LinearPricing
 from ..protocol.properties import NODE_ID_NAME
-from ..protocol.results import CommandResult, RuntimeEvent, utc_now
+from ..protocol.results import CommandOutcome, RuntimeEvent, utc_now
 
 # -- market --------------------------------------------------------------------------------
 
@@ -118,10 +118,13 @@ class BatchHandle(Protocol):
         """The batch's runtime events from its start; ends when the batch has finished."""
         ...
 
-    async def results(self) -> list[CommandResult]:
-        """All command results, once the batch has finished (by success, failure or timeout).
+    async def results(self) -> list[CommandOutcome]:
+        """All command results, once the batch has finished (by success, failure or timeout),
+        each with its return code and failure kind filled by the backend (the requestor reads
+        no meaning from messages).
 
-        Raises :class:`~workgen.errors.ActivityLost` if the activity broke instead.
+        Raises :class:`~workgen.errors.ActivityLost` if the activity broke instead, and
+        :class:`~workgen.errors.ActivityClosed` if we closed it.
         """
         ...
 

@@ -21,6 +21,7 @@ accept the camelCase spellings of the OpenAPI file (``batchId``, ``returnCode``)
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -95,6 +96,40 @@ class CommandResult:
             message=obj.get("message"),
             is_batch_finished=bool(obj.get("isBatchFinished", False)),
         )
+
+
+class FailureKind(enum.Enum):
+    """Why a command failed, as its execution unit knows it (not read from any text)."""
+
+    COMMAND_FAILED = "command-failed"
+    """The command ran and failed (a non-zero exit, a signal, a limit hit, a bad request)."""
+    TIMED_OUT = "timed-out"
+    """The batch's timeout ran out while this command ran; it was killed."""
+    CANCELLED = "cancelled"
+    """The batch was cancelled while (or before) this command ran."""
+    TRANSFER_FAILED = "transfer-failed"
+    """A ``transfer`` could not move its file."""
+
+
+@dataclass(frozen=True)
+class CommandOutcome(CommandResult):
+    """A command's result with its meaning typed: what crosses the backend seam.
+
+    ``return_code`` is the command's exit code where known (0 for success; ``128 + N`` for a
+    command killed by signal N), ``failure`` why it failed (``None`` if it did not). Its JSON is
+    the wire result's: the typed fields are each side's own knowledge.
+    """
+
+    return_code: int | None = None
+    failure: FailureKind | None = None
+
+    @classmethod
+    def of(cls, result: CommandResult, return_code: int | None,
+           failure: FailureKind | None) -> CommandOutcome:
+        return cls(index=result.index, result=result.result, event_date=result.event_date,
+                   stdout=result.stdout, stderr=result.stderr, message=result.message,
+                   is_batch_finished=result.is_batch_finished, return_code=return_code,
+                   failure=failure)
 
 
 @dataclass(frozen=True)

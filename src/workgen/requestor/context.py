@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from decimal import Decimal
@@ -17,7 +16,7 @@ from ..errors import (
 )
 from ..protocol.exescript import Run, Stream
 from ..protocol.results import (
-    CommandResult, Finished, RuntimeEvent, Started, StdErr, StdOut, utc_now,
+    CommandOutcome, FailureKind, Finished, RuntimeEvent, Started, StdErr, StdOut, utc_now,
 )
 from . import events
 from .script import Result, Script, _Step
@@ -185,7 +184,7 @@ class WorkContext:
                 step.future.set_result(result)
                 results.append(result)
             else:
-                failure = _failure(script, result)
+                failure = _failure(result, r.failure)
                 _fail(step.future, failure)
         self._emit(events.ScriptFinished(job_id=self._job_id, activity_id=self.id,
                                          batch_id=batch.id, success=failure is None,
@@ -203,24 +202,19 @@ async def _nothing() -> AsyncIterator[RuntimeEvent]:
     yield  # an empty async generator
 
 
-_RETURN_CODE = re.compile(r"return code (\d+)")
-
-
-def _result(index: int, command: Any, raw: CommandResult, started: datetime | None,
+def _result(index: int, command: Any, raw: CommandOutcome, started: datetime | None,
             code: int | None) -> Result:
-    if code is None:
-        # Without the runtime events, a failed command's code is read from its message
-        # (execution units say "... return code N").
-        found = None if raw.ok else _RETURN_CODE.search(raw.message or "")
-        code = 0 if raw.ok else int(found.group(1)) if found else None
+    # A code the runtime events reported wins over none; the backend's otherwise.
+    if code is None or code < 0:
+        code = raw.return_code
     return Result(index=index, command=command, success=raw.ok, return_code=code,
                   stdout=raw.stdout, stderr=raw.stderr, message=raw.message,
                   started_at=started, finished_at=raw.event_date)
 
 
-def _failure(script: Script, result: Result) -> BatchError:
+def _failure(result: Result, kind: FailureKind | None) -> BatchError:
     message = result.message or "command failed"
-    if script.timeout is not None and "timed out" in message:
+    if kind is FailureKind.TIMED_OUT:
         return BatchTimeoutError(f"command {result.index}: {message}")
     return CommandExecutionError(f"command {result.index} ({_describe(result.command)}) "
                                  f"failed: {message}", result=result)

@@ -20,7 +20,7 @@ from typing import Literal
 from ..base import Activity
 from ...errors import ActivityClosed, ActivityLost
 from ...protocol.exescript import Command
-from ...protocol.results import CommandResult, RuntimeEvent
+from ...protocol.results import CommandOutcome, RuntimeEvent
 from ...provider.agent import AgentActivity, ClosedBy
 from ...provider.exeunit.batch import EventSubscription
 from ...provider.exeunit.unit import ActivityState, ExeUnit, ExeUnitError
@@ -150,14 +150,16 @@ class LocalBatch:
         self._claimed = "events"
         return _Events(self._sub)
 
-    async def results(self) -> list[CommandResult]:
+    async def results(self) -> list[CommandOutcome]:
         if self._claimed is None:
             self._claimed = "results"
             await self._sub.aclose()
         assert self._task is not None
         # asyncio.wait, unlike awaiting the task, does not cancel the batch if we are cancelled.
         await asyncio.wait([self._task])
-        results = list(self._batch.results)
+        # The execution unit records each result with its code and failure kind.
+        results = [r if isinstance(r, CommandOutcome) else CommandOutcome.of(r, None, None)
+                   for r in self._batch.results]
         if results and results[-1].ok and results[-1].is_batch_finished:
             return results
         ending = self._ending or _Ending(None, None, None)

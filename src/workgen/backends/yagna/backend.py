@@ -33,12 +33,13 @@ from ...protocol.properties import (
     COM_PAYMENT_CHOSEN_PLATFORM, SRV_COMP_TASK_PACKAGE, SRV_COMP_VM_IMAGE_TAG,
     SRV_COMP_VM_PACKAGE_FORMAT, flatten_properties,
 )
-from ...protocol.results import CommandResult, Finished, RuntimeEvent
+from ...protocol.results import CommandOutcome, CommandResult, Finished, RuntimeEvent
 from ..base import (
     Activity, Agreement, Allocation, DebitNote, Demand, Invoice, MarketEvent, PaymentEvent,
     Proposal, ProposalRejectedEvent,
 )
 from .api import ApiError, YagnaApi
+from .results import outcome
 from .storage import GftpStorage
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class _Batch:
             raise ActivityLost(f"the event stream of batch {self.id} broke: {exc!r}",
                                activity_id=self._activity.id) from exc
 
-    async def results(self) -> list[CommandResult]:
+    async def results(self) -> list[CommandOutcome]:
         path = f"/activity-api/v1/activity/{self._activity.id}/exec/{self.id}"
         while True:
             try:
@@ -147,7 +148,7 @@ class _Batch:
                                                          "pollTimeout": POLL}, poll=POLL)
             except ApiError as exc:
                 raise _activity_error(self._activity, exc.status) from exc
-            results = [CommandResult.from_json(d) for d in docs or []]
+            results = [outcome(CommandResult.from_json(d)) for d in docs or []]
             if results and (results[-1].is_batch_finished or not results[-1].ok
                             or results[-1].index >= self._size - 1):
                 if not results[-1].ok:

@@ -32,7 +32,8 @@ from ...protocol.exescript import (
     DEFAULT_CAPTURE, Command, Deploy, Run, Sign, Start, Terminate, Transfer, parse_batch,
 )
 from ...protocol.results import (
-    CommandResult, Finished, RuntimeEvent, Started, StdErr, StdOut, utc_now,
+    CommandOutcome, CommandResult, FailureKind, Finished, RuntimeEvent, Started, StdErr, StdOut,
+    utc_now,
 )
 from ..runtime.channel import CommandHandle, SandboxError, SandboxLost, SupervisorChannel
 from ..runtime.sandbox import DEFAULT_PATH, Resources, SandboxSpec, open_sandbox, sandbox_user
@@ -104,6 +105,7 @@ class _Outcome:
     stderr: str | bytes | None = None
     message: str | None = None
     return_code: int = 0
+    failure: FailureKind | None = None
 
 
 class ExeUnit:
@@ -238,7 +240,8 @@ class ExeUnit:
         if not b.finished.is_set():
             # Cancelled before its task ever ran: it still gets its (failed) result.
             await self._finish(b, 0, False, _Outcome(
-                message="batch cancelled before it started", return_code=-1), last=True)
+                message="batch cancelled before it started", return_code=-1,
+                failure=FailureKind.CANCELLED), last=True)
 
     def running_commands(self) -> list[dict[str, Any]]:
         """``ExeScriptCommandState`` of each command running now."""
@@ -296,7 +299,9 @@ class ExeUnit:
                     except _Failed as failure:
                         await self._finish(b, index, False, _Outcome(
                             message=str(failure), return_code=failure.return_code or 1,
-                            stdout=failure.stdout, stderr=failure.stderr), last=True)
+                            stdout=failure.stdout, stderr=failure.stderr,
+                            failure=FailureKind.TRANSFER_FAILED if isinstance(cmd, Transfer)
+                            else FailureKind.COMMAND_FAILED), last=True)
                         return
                     except Exception as exc:
                         # Whatever went wrong is this command's failure: the batch gets its
@@ -305,20 +310,22 @@ class ExeUnit:
                                       self.activity_id, cmd.name)
                         await self._finish(b, index, False, _Outcome(
                             message=f"{cmd.name} failed: {type(exc).__name__}: {exc}",
-                            return_code=1), last=True)
+                            return_code=1, failure=FailureKind.TRANSFER_FAILED
+                            if isinstance(cmd, Transfer) else FailureKind.COMMAND_FAILED),
+                            last=True)
                         return
                     last = index == len(b.commands) - 1
                     await self._finish(b, index, True, outcome, last=last)
         except TimeoutError:
             await self._finish(b, index, False, _Outcome(
                 message=f"batch timed out after {timeout:g}s; the running command was killed",
-                return_code=-1), last=True)
+                return_code=-1, failure=FailureKind.TIMED_OUT), last=True)
         except asyncio.CancelledError:
             if not b.cancel_requested:
                 raise
             await self._finish(b, index, False, _Outcome(
-                message="batch cancelled; the running command was killed", return_code=-1),
-                last=True)
+                message="batch cancelled; the running command was killed", return_code=-1,
+                failure=FailureKind.CANCELLED), last=True)
 
     async def _finish(
         self, b: Batch, index: int, ok: bool, outcome: _Outcome, *, last: bool
@@ -326,10 +333,13 @@ class ExeUnit:
         if b.finished.is_set():
             return
         await b.publish(_event(b, index, Finished(outcome.return_code, outcome.message)))
-        await b.add_result(CommandResult(
+        await b.add_result(CommandOutcome(
             index=index, result="Ok" if ok else "Error", event_date=utc_now(),
             stdout=outcome.stdout, stderr=outcome.stderr, message=outcome.message,
             is_batch_finished=last or not ok,
+            # -1 is the wire's "no exit code" (killed by the unit): the seam says "unknown".
+            return_code=outcome.return_code if outcome.return_code >= 0 else None,
+            failure=None if ok else outcome.failure or FailureKind.COMMAND_FAILED,
         ))
 
     async def _execute(self, b: Batch, index: int, cmd: Command) -> _Outcome:

@@ -282,10 +282,15 @@ class YagnaLink:
         return await self._send("debitNotes", document)
 
     async def send_invoice(self, invoice: InvoiceDraft) -> None:
-        await self._send("invoices", {
+        document = {
             "agreementId": invoice.agreement_id, "activityIds": list(invoice.activity_ids),
             "amount": str(invoice.amount), "paymentDueDate": _iso(invoice.payment_due),
-        })
+        }
+        if await self._send("invoices", document) is None and invoice.activity_ids:
+            # The requestor's daemon refuses an invoice naming an activity it does not know,
+            # which happens when the requestor gave up creating it after we had: the work is
+            # still invoiced, without the list.
+            await self._send("invoices", document | {"activityIds": []})
 
     async def debit_note_status(self, note_id: str) -> str | None:
         try:
