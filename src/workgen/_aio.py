@@ -14,17 +14,20 @@ T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
-async def task_scope() -> AsyncIterator[asyncio.TaskGroup]:
+async def task_scope(*, first_error: bool = False) -> AsyncIterator[asyncio.TaskGroup]:
     """An ``asyncio.TaskGroup`` that raises a lone error as itself, not as a one-member group.
 
     Callers of our context managers should catch ``ActivityLost``, not ``ExceptionGroup``; when
-    several tasks fail at once the group is kept, as nothing would be right to drop.
+    several tasks fail at once the group is kept, as nothing would be right to drop, unless
+    ``first_error``: the tasks do parts of one thing (say, the chunks of one file), so the
+    first error is the thing's, and the others repeat it.
     """
     try:
         async with asyncio.TaskGroup() as tg:
             yield tg
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
+        if len(group.exceptions) == 1 or (
+                first_error and all(isinstance(e, Exception) for e in group.exceptions)):
             raise group.exceptions[0] from None
         raise
 

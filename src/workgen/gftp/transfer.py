@@ -373,7 +373,7 @@ async def _fetch_chunks(bus: GsbClient, address: str, url: str, file: _SharedFd,
     hasher = hashlib.sha3_256()
     offsets = iter(range(0, size, chunk_size))
     try:
-        async with task_scope() as tasks:
+        async with task_scope(first_error=True) as tasks:
             # A window of requests in file order: the oldest is written while the others travel.
             window: collections.deque[tuple[int, int, asyncio.Task[Any]]] = collections.deque()
 
@@ -404,7 +404,7 @@ async def _send_chunks(bus: GsbClient, address: str, src: str, file: _SharedFd,
     hasher = hashlib.sha3_256()
     offset = 0
     try:
-        async with task_scope() as tasks:
+        async with task_scope(first_error=True) as tasks:
             window: collections.deque[asyncio.Task[Any]] = collections.deque()
             while True:
                 content = await file.run(functools.partial(_read_and_hash, hasher=hasher,
