@@ -23,7 +23,7 @@ async def worker(ctx: WorkContext, tasks):
     async for task in tasks:
         got = {}
 
-        async def keep(data: bytes) -> None:
+        async def keep(data: bytes, got: dict = got) -> None:
             got["out"] = data
 
         script = ctx.new_script()

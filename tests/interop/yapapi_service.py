@@ -61,7 +61,8 @@ async def main() -> None:
                     print("STATE", seen, instance.provider_name, flush=True)
             await asyncio.sleep(0.2)
         cluster.stop()
-        while any(i.is_available for i in cluster.instances):
+        # yapapi offers no event to wait on: its instances' state is polled.
+        while any(i.is_available for i in cluster.instances):  # noqa: ASYNC110
             await asyncio.sleep(0.2)
         print("STOPPED", ",".join(i.state.value for i in cluster.instances), flush=True)
 

@@ -67,7 +67,7 @@ async def test_a_worker_may_take_several_tasks_before_settling_them() -> None:
         script = context.new_script()
         outputs = [script.run("/bin/echo", str(task.data)) for task in taken]
         yield script
-        for task, output in zip(taken, outputs):
+        for task, output in zip(taken, outputs, strict=True):
             task.accept_result((await output).stdout)
 
     accepted, failed, error = await run(worker, count=3)

@@ -194,7 +194,7 @@ async def test_unknown_image_is_a_clear_error(net: Network) -> None:
 
 async def test_misuse_is_reported_plainly(net: Network) -> None:
     async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
-        async for task in tasks:
+        async for _ in tasks:
             yield "not a script"
 
     golem = one_provider(net)

@@ -137,7 +137,7 @@ async def test_a_symlink_swapped_in_mid_transfer_reaches_no_host_file(net: Netwo
             script.run("/bin/sh", "-c", "python3 -c '%s' >/dev/null 2>&1 &"
                        " while [ ! -e /golem/work/swapping ]; do :; done" % SWAPPER)
             yield script
-            for attempt in range(40):
+            for _ in range(40):
                 script = ctx.new_script()
                 down = script.download_bytes("/golem/work/d/shadow")
                 script.send_bytes(f"/golem/work/d/{planted.name}", b"planted")

@@ -163,7 +163,7 @@ async def _spawn(workdir: Path, hub_gsb_port: int | None,
         **extra_env,
     })
     log_path = workdir / "yagna.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "wb") as log:  # noqa: ASYNC230 (opening a log file: instant)
         process = await asyncio.create_subprocess_exec(
             str(YAGNA), "service", "run", "--disable-metrics-push",
             env=env, cwd=workdir, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,

@@ -252,7 +252,7 @@ class Devnet:
         targets = [n for n in state.nodes
                    if n.role == "provider" and (nodes is None or n.name in nodes)]
         agents = []
-        for node, config in zip(targets, default_provider_configs(len(targets))):
+        for node, config in zip(targets, default_provider_configs(len(targets)), strict=True):
             prices = config.pricing.prices
             argv = [
                 sys.executable, "-m", "workgen.cli.main", "provider", "run",

@@ -23,7 +23,8 @@ from typing import Any
 from ..gsb import GsbClient, GsbConnectionError, GsbHandlerError, GsbRegistrationError
 from .transfer import (
     GET_CHUNK, GET_METADATA, MAX_CHUNK_SIZE, SERVICE, UPLOAD_CHUNK, UPLOAD_FINISHED, GftpError,
-    GftpIntegrityError, GftpLimitExceeded, _check_node_id, _hash_fd, _open_for_writing, _pread_exact, _pwrite_all,
+    GftpIntegrityError, GftpLimitExceeded, _check_node_id, _hash_fd, _open_for_writing, _pread_exact,
+    _pwrite_all,
     _SharedFd, gftp_url,
 )
 

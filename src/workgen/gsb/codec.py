@@ -474,7 +474,7 @@ def _value(ref: Any, depth: int) -> Any:
     if ref.IsMap:
         mapping = ref.AsMap
         return {bytes(key.AsKeyBytes).decode("utf-8"): _value(item, depth + 1)
-                for key, item in zip(mapping.Keys, mapping.Values)}
+                for key, item in zip(mapping.Keys, mapping.Values, strict=False)}
     if ref.IsVector:
         return [_value(item, depth + 1) for item in ref.AsVector]
     if ref.IsTypedVector or ref.IsFixedTypedVector:

@@ -128,7 +128,7 @@ class LinearPricing:
         """The price per unit of each usage counter, in usage-vector order."""
         return {
             counter: _decimal(coeff, counter)
-            for counter, coeff in zip(self.usage_vector, self.coeffs)
+            for counter, coeff in zip(self.usage_vector, self.coeffs, strict=True)
         }
 
     def price_for(self, usage: Mapping[str, Amount]) -> Decimal:
@@ -150,6 +150,7 @@ class LinearPricing:
         with localcontext() as context:
             context.prec = _PRECISION
             total = self.fixed_price
-            for counter, price, amount in zip(self.usage_vector, self.prices.values(), values):
+            for counter, price, amount in zip(self.usage_vector, self.prices.values(), values,
+                                                    strict=False):
                 total += price * _decimal(amount, f"usage of {counter}")
         return total

@@ -166,7 +166,7 @@ class WorkContext:
                     previous = finished
         results: list[Result] = []
         failure: BatchError | None = None
-        for index, (step, command) in enumerate(zip(steps, commands)):
+        for index, (step, command) in enumerate(zip(steps, commands, strict=True)):
             r = by_index.get(index)
             if failure is not None or r is None:
                 _fail(step.future, CommandSkipped(

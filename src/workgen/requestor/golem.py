@@ -357,7 +357,7 @@ class Golem:
                         "for the time the agreement has run")
         if usage_vector is not None:
             pricing = book.agreement.pricing
-            usage = dict(zip(pricing.usage_vector, usage_vector))
+            usage = dict(zip(pricing.usage_vector, usage_vector, strict=False))
             fair = self.strategy.acceptable_amount(pricing, usage)
             if amount > fair + AMOUNT_TOLERANCE:
                 return f"amount {amount} is over {fair}, the agreed price for the usage reported"
@@ -374,7 +374,7 @@ def _check_worker(worker: object) -> None:
     if inspect.isasyncgenfunction(worker):
         return
     if inspect.iscoroutinefunction(worker) or inspect.iscoroutinefunction(
-            getattr(worker, "__call__", None)):
+            type(worker).__call__):
         raise TypeError(f"worker {worker!r} is an 'async def' without 'yield': a worker is an "
                         "async generator that yields scripts (async def worker(context, tasks): "
                         "... yield script ...)")

@@ -63,14 +63,16 @@ _LOWEST_USABLE = math.nextafter(SCORE_REJECTED, math.inf)
 class MarketStrategy(abc.ABC):
     """Scores offers; subclass it and implement :meth:`score_offer` for a custom strategy."""
 
-    def decorate_demand(self, properties: dict[str, object], constraints: list[str]) -> None:
+    def decorate_demand(  # noqa: B027 (optional to override: the default adds nothing)
+            self, properties: dict[str, object], constraints: list[str]) -> None:
         """Add demand properties or constraint clauses (each a ``(...)`` clause); default: none."""
 
     @abc.abstractmethod
     async def score_offer(self, offer: Proposal) -> float:
         """The offer's score: higher is better, ``SCORE_REJECTED`` or below means don't use it."""
 
-    def report_failure(self, provider_id: str, reason: str) -> None:
+    def report_failure(  # noqa: B027 (optional to override: the default ignores it)
+            self, provider_id: str, reason: str) -> None:
         """Note that ``provider_id`` failed work or refused an agreement; default: ignored."""
 
     def acceptable_amount(

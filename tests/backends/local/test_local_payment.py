@@ -62,7 +62,7 @@ async def test_debit_notes_arrive_every_interval_with_growing_amounts() -> None:
         assert note.usage_counter_vector is not None
         assert note.total_amount_due == pricing.price_for_vector(note.usage_counter_vector)
     durations = [n.usage_counter_vector[0] for n in notes]  # type: ignore[index]
-    assert all(0.1 < b - a < 1.0 for a, b in zip(durations, durations[1:]))
+    assert all(0.1 < b - a < 1.0 for a, b in zip(durations, durations[1:], strict=False))
     assert notes[-1].usage_counter_vector[1] > 0  # type: ignore[index]
 
 

@@ -527,7 +527,7 @@ class Yagna:
         values = doc.get("currentUsage") or []
         if not isinstance(names, list):
             return {}
-        return {str(n): float(v) for n, v in zip(names, values)}
+        return {str(n): float(v) for n, v in zip(names, values, strict=False)}
 
     async def destroy_activity(self, activity: Activity) -> None:
         await self.api.delete(f"/activity-api/v1/activity/{activity.id}", ok=(404, 410),

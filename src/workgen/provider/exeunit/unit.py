@@ -465,7 +465,8 @@ class ExeUnit:
             exit_ = await asyncio.shield(handle.exited)
         except SandboxLost as exc:
             await self._lost(str(exc))
-            raise _Failed(f"run: the activity's sandbox was lost while the command ran ({exc})")
+            raise _Failed(
+                f"run: the activity's sandbox was lost while the command ran ({exc})") from exc
         finally:
             if not handle.exited.done():
                 await _kill_command(channel, handle)
