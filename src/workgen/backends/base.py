@@ -60,6 +60,9 @@ class ProposalRejectedEvent:
     issuer_id: str
     reason: str
     timestamp: datetime = field(default_factory=utc_now)
+    final: bool = True
+    """False when the provider may take the demand later (say, it is busy for now): it offers
+    again then (``golem.proposal.rejection.is-final`` on yagna)."""
 
 
 MarketEvent = Proposal | ProposalRejectedEvent

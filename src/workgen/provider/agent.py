@@ -55,8 +55,17 @@ _ACCEPTED = ("ACCEPTED", "SETTLED")
 _HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 
 
+IS_FINAL = "golem.proposal.rejection.is-final"
+"""In a rejection's reason: whether the provider will never take the demand (else: not now)."""
+
+
 class NegotiationRejected(Exception):
-    """The provider does not take a demand; the message is the reason the requestor sees."""
+    """The provider does not take a demand; the message is the reason the requestor sees.
+    ``final`` is false when it may take it later (it is busy for now)."""
+
+    def __init__(self, message: str, *, final: bool = True):
+        super().__init__(message)
+        self.final = final
 
 
 @dataclass(frozen=True)
@@ -274,7 +283,8 @@ class ProviderAgent:
         """The properties of our counter-proposal to ``demand`` (flat properties), or
         :class:`NegotiationRejected` with the reason."""
         if self._current is not None:
-            raise NegotiationRejected(f"{self.name} is busy with another agreement")
+            raise NegotiationRejected(f"{self.name} is busy with another agreement",
+                                      final=False)
         offer = self.offer()
         if not match(demand, constraint, offer.properties, offer.constraint):
             raise NegotiationRejected("the demand does not match the offer")

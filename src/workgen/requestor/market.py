@@ -67,7 +67,7 @@ class Market:
                     job_id=self._job_id, proposal_id=event.proposal_id,
                     provider_id=event.issuer_id, provider_name=name,
                     reason=event.reason, by_provider=True))
-                if "busy" in event.reason.lower():
+                if not event.final:
                     # Taken by someone else for now: it offers again when free.
                     self._pending.discard(event.issuer_id)
                     continue

@@ -6,8 +6,10 @@ from datetime import timedelta
 
 import pytest
 
-from localnet_support import agreement_on, drain, first_draft, next_answer, paid_demand
-from workgen.backends.base import Invoice, Proposal
+from localnet_support import (
+    agreement_on, drain, first_draft, make_demand, next_answer, paid_demand,
+)
+from workgen.backends.base import Invoice, Proposal, ProposalRejectedEvent
 from workgen.backends.local import LocalNetwork
 from workgen.errors import AgreementRejected
 from workgen.protocol.results import utc_now
@@ -113,3 +115,25 @@ async def test_an_agreement_without_a_live_activity_is_broken_by_its_provider() 
         assert state.state == "Terminated" and state.reason == "No activity created within 0.3s"
         assert not provider.busy
         assert len(await drain(await net.subscribe_demand(demand))) == 1
+
+
+async def test_a_busy_provider_s_refusal_is_not_final_and_a_bad_demand_s_is() -> None:
+    async with LocalNetwork(1) as net:
+        _, demand = await paid_demand(net)
+        sub, draft = await first_draft(net, demand)
+        other = await net.subscribe_demand(demand)
+        stale = await anext(aiter(other))
+        agreement = await net.make_agreement(draft, utc_now() + timedelta(hours=1))
+        # The provider is busy now: it refuses, for now only.
+        await net.counter_proposal(other, stale, demand)
+        busy = await next_answer(other)
+        assert isinstance(busy, ProposalRejectedEvent) and not busy.final, busy
+        await net.terminate_agreement(agreement, "done")
+        # A demand it can never take (no payment platform) is refused for good.
+        fresh = await net.subscribe_demand(demand)
+        offer = await anext(aiter(fresh))
+        await net.counter_proposal(fresh, offer, make_demand())
+        refused = await next_answer(fresh)
+        assert isinstance(refused, ProposalRejectedEvent) and refused.final, refused
+        for s in (sub, other, fresh):
+            await s.aclose()

@@ -316,10 +316,12 @@ class LocalNetwork:
         try:
             current = self._market.current_offer(provider.node_id)
             if current is None or current.id != record.offer.id:
-                raise NegotiationRejected(f"the offer {record.offer.id} was withdrawn")
+                raise NegotiationRejected(f"the offer {record.offer.id} was withdrawn",
+                                          final=False)
             properties = provider.negotiate(parsed.properties, parsed.constraint)
         except (NegotiationRejected, ImageNotFound) as exc:
-            sub.push(ProposalRejectedEvent(counter_id, provider.node_id, str(exc)))
+            sub.push(ProposalRejectedEvent(counter_id, provider.node_id, str(exc),
+                                           final=getattr(exc, "final", True)))
             return
         draft = Proposal(
             id=new_id(), issuer_id=provider.node_id, properties=properties,

@@ -9,6 +9,7 @@ the SSE stream of a batch's runtime events.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -63,9 +64,13 @@ class _Subscription:
         # Our counter-proposals' ids and the providers they went to: a provider's rejection
         # names only the proposal.
         self.countered: dict[str, str] = {}
+        # Rejections we learnt of ourselves (a counter-proposal the daemon refused to send).
+        self.local: collections.deque[ProposalRejectedEvent] = collections.deque()
 
     async def __aiter__(self) -> AsyncIterator[MarketEvent]:
         while not self._closed:
+            while self.local:
+                yield self.local.popleft()
             try:
                 events = await self._api.get(f"/market-api/v1/demands/{self.id}/events",
                                              params={"maxEvents": 50}, poll=POLL)
@@ -81,11 +86,13 @@ class _Subscription:
                 if kind == "ProposalEvent":
                     yield _proposal(event["proposal"])
                 elif kind == "ProposalRejectedEvent":
-                    reason = (event.get("reason") or {}).get("message", "rejected")
+                    why = event.get("reason") or {}
                     proposal_id = event.get("proposalId", "")
                     issuer = self.countered.pop(proposal_id, None) or event.get("issuerId", "")
-                    yield ProposalRejectedEvent(proposal_id=proposal_id, issuer_id=issuer or "",
-                                                reason=reason)
+                    yield ProposalRejectedEvent(
+                        proposal_id=proposal_id, issuer_id=issuer or "",
+                        reason=str(why.get("message", "rejected")),
+                        final=why.get("golem.proposal.rejection.is-final") is not False)
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -105,8 +112,36 @@ def _proposal(doc: dict[str, Any]) -> Proposal:
                     prev_proposal_id=doc.get("prevProposalId"))
 
 
+class _ActivityErrors:
+    """The one place that tells an activity's error apart: closed by us (we destroyed it) or
+    broken (its provider, its daemon or the network failed it)."""
+
+    KEEP = 10_000
+
+    def __init__(self) -> None:
+        self._destroyed: dict[str, None] = {}
+
+    def destroyed(self, activity: Activity) -> None:
+        self._destroyed[activity.id] = None
+        if len(self._destroyed) > self.KEEP:  # a long run destroys many: keep the newest
+            del self._destroyed[next(iter(self._destroyed))]
+
+    def of(self, activity: Activity, status: int | None = None,
+           what: str | None = None) -> ActivityClosed | ActivityLost:
+        detail = what or (f"HTTP {status} from the daemon" if status else "no answer")
+        if activity.id in self._destroyed:
+            return ActivityClosed(f"activity {activity.id} was destroyed ({detail})",
+                                  activity_id=activity.id)
+        if status in (404, 410):
+            return ActivityLost(f"activity {activity.id} is gone on its provider ({detail})",
+                                activity_id=activity.id)
+        return ActivityLost(f"activity {activity.id} broke ({detail})", activity_id=activity.id)
+
+
 class _Batch:
-    def __init__(self, api: YagnaApi, activity: Activity, batch_id: str, size: int):
+    def __init__(self, api: YagnaApi, errors: _ActivityErrors, activity: Activity,
+                 batch_id: str, size: int):
+        self._errors = errors
         self._api = api
         self._activity = activity
         self.id = batch_id
@@ -118,7 +153,7 @@ class _Batch:
             async with self._api.http.stream("GET", path, timeout=None,
                                              headers={"Accept": "text/event-stream"}) as response:
                 if response.status_code >= 400:
-                    raise _activity_error(self._activity, response.status_code)
+                    raise self._errors.of(self._activity, response.status_code)
                 finished = 0
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
@@ -131,14 +166,11 @@ class _Batch:
                         finished += 1
                         if event.kind.return_code != 0 or finished >= self._size:
                             return
-        except (OSError, ValueError) as exc:
-            raise ActivityLost(f"the event stream of batch {self.id} broke: {exc}",
-                               activity_id=self._activity.id) from exc
-        except Exception as exc:  # httpx errors: the daemon dropped the stream
-            if isinstance(exc, (ActivityLost, ActivityClosed)):
-                raise
-            raise ActivityLost(f"the event stream of batch {self.id} broke: {exc!r}",
-                               activity_id=self._activity.id) from exc
+        except (ActivityLost, ActivityClosed):
+            raise
+        except Exception as exc:  # httpx errors, bad events: the stream broke
+            raise self._errors.of(self._activity, what=f"the event stream of batch {self.id} "
+                                  f"broke: {exc!r}") from exc
 
     async def results(self) -> list[CommandOutcome]:
         path = f"/activity-api/v1/activity/{self._activity.id}/exec/{self.id}"
@@ -147,7 +179,7 @@ class _Batch:
                 docs = await self._api.get(path, params={"commandIndex": self._size - 1,
                                                          "pollTimeout": POLL}, poll=POLL)
             except ApiError as exc:
-                raise _activity_error(self._activity, exc.status) from exc
+                raise self._errors.of(self._activity, exc.status) from exc
             results = [outcome(CommandResult.from_json(d)) for d in docs or []]
             if results and (results[-1].is_batch_finished or not results[-1].ok
                             or results[-1].index >= self._size - 1):
@@ -162,9 +194,7 @@ class _Batch:
             doc = await self._api.get(f"/activity-api/v1/activity/{self._activity.id}/state")
         except ApiError as exc:
             if exc.status in (404, 410):
-                raise ActivityLost(f"activity {self._activity.id} is gone after its batch "
-                                   f"failed (HTTP {exc.status})",
-                                   activity_id=self._activity.id) from exc
+                raise self._errors.of(self._activity, exc.status) from exc
             # Unknown: the command's own failure stands.
             log.warning("reading the state of activity %s failed: %s", self._activity.id, exc)
             return
@@ -180,14 +210,6 @@ class _Batch:
     async def cancel(self) -> bool:
         # yagna's REST API cannot stop a batch: only ending its activity does.
         return False
-
-
-def _activity_error(activity: Activity, status: int) -> Exception:
-    if status in (404, 410):
-        return ActivityClosed(f"activity {activity.id} is gone (HTTP {status})",
-                              activity_id=activity.id)
-    return ActivityLost(f"activity {activity.id} broke (HTTP {status} from the daemon)",
-                        activity_id=activity.id)
 
 
 def _with_env(command: Command) -> Command:
@@ -233,6 +255,7 @@ class Yagna:
         self.registry_url = (registry_url or env.get("GOLEM_REGISTRY_URL")
                              or "https://registry.golem.network").rstrip("/")
         self._expires: dict[str, datetime] = {}
+        self._errors = _ActivityErrors()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -454,7 +477,15 @@ class Yagna:
             counter_id = await self.api.post(f"/market-api/v1/demands/{subscription.id}/"
                                              f"proposals/{proposal.id}", json=_demand_doc(demand))
         except ApiError as exc:
+            # The offer went away meanwhile (its provider took another demand, or re-offered):
+            # not a refusal for good, and the market must hear of it, or it would wait on
+            # that provider's answer.
             log.info("countering %s failed: %s", proposal.provider_name, exc)
+            if isinstance(subscription, _Subscription):
+                subscription.local.append(ProposalRejectedEvent(
+                    proposal_id=proposal.id, issuer_id=proposal.issuer_id,
+                    reason=f"the counter-proposal could not be sent: HTTP {exc.status}",
+                    final=False))
             return
         if isinstance(counter_id, str) and isinstance(subscription, _Subscription):
             countered = subscription.countered
@@ -511,18 +542,25 @@ class Yagna:
             batch_id = await self.api.post(f"/activity-api/v1/activity/{activity.id}/exec",
                                            json={"text": json.dumps(batch_to_json(commands))})
         except ApiError as exc:
-            raise _activity_error(activity, exc.status) from exc
-        return _Batch(self.api, activity, batch_id, len(commands))
+            raise self._errors.of(activity, exc.status) from exc
+        return _Batch(self.api, self._errors, activity, batch_id, len(commands))
 
     async def activity_state(self, activity: Activity) -> str:
-        doc = await self.api.get(f"/activity-api/v1/activity/{activity.id}/state")
+        try:
+            doc = await self.api.get(f"/activity-api/v1/activity/{activity.id}/state")
+        except ApiError as exc:
+            raise self._errors.of(activity, exc.status) from exc
         return str(doc["state"][0])
 
     async def activity_usage(self, activity: Activity) -> dict[str, float]:
-        doc = await self.api.get(f"/activity-api/v1/activity/{activity.id}/usage")
-        agreement = await self.api.get(f"/activity-api/v1/activity/{activity.id}/agreement")
-        offer = flatten_properties(((await self.api.get(
-            f"/market-api/v1/agreements/{agreement}")).get("offer") or {}).get("properties") or {})
+        try:
+            doc = await self.api.get(f"/activity-api/v1/activity/{activity.id}/usage")
+            agreement = await self.api.get(f"/activity-api/v1/activity/{activity.id}/agreement")
+            offer = flatten_properties(((await self.api.get(
+                f"/market-api/v1/agreements/{agreement}")).get("offer") or {}).get(
+                    "properties") or {})
+        except ApiError as exc:
+            raise self._errors.of(activity, exc.status) from exc
         names = offer.get("golem.com.usage.vector")
         values = doc.get("currentUsage") or []
         if not isinstance(names, list):
@@ -530,5 +568,6 @@ class Yagna:
         return {str(n): float(v) for n, v in zip(names, values, strict=False)}
 
     async def destroy_activity(self, activity: Activity) -> None:
+        self._errors.destroyed(activity)
         await self.api.delete(f"/activity-api/v1/activity/{activity.id}", ok=(404, 410),
                               params={"timeout": 10})

@@ -27,8 +27,8 @@ from ...gsb import GsbClient, GsbError
 from ...protocol.constraints import ConstraintSyntaxError, parse_constraints
 from ...protocol.properties import NODE_ID_NAME, SRV_COMP_EXPIRATION, flatten_properties
 from ..agent import (
-    AgentActivity, AgentAgreement, DebitNoteDraft, InvoiceDraft, NegotiationRejected, OfferSpec,
-    ProviderAgent,
+    IS_FINAL, AgentActivity, AgentAgreement, DebitNoteDraft, InvoiceDraft, NegotiationRejected,
+    OfferSpec, ProviderAgent,
 )
 from ..exeunit.unit import ActivityState, ExeUnit
 from ..terms import SUCCESS
@@ -197,7 +197,7 @@ class YagnaLink:
     async def _on_proposal(self, proposal: dict[str, Any]) -> None:
         proposal_id = proposal["proposalId"]
         answer: dict[str, Any] | None = None
-        reason = ""
+        reason, final = "", True
         try:
             constraint = parse_constraints(proposal.get("constraints") or "(&)")
             properties = self.agent.negotiate(
@@ -205,7 +205,7 @@ class YagnaLink:
         except ConstraintSyntaxError as exc:
             reason = f"bad constraints: {exc}"
         except NegotiationRejected as exc:
-            reason = str(exc)
+            reason, final = str(exc), exc.final
         else:
             assert self._offer is not None
             answer = {"properties": properties, "constraints": self._offer.constraints}
@@ -216,7 +216,8 @@ class YagnaLink:
             if answer is not None:
                 await self._rest.post(path, json=answer)
             else:
-                await self._rest.post(f"{path}/reject", json={"message": reason})
+                await self._rest.post(f"{path}/reject",
+                                      json={"message": reason, IS_FINAL: final})
         except YagnaApiError as exc:
             log.info("%s: answering proposal %s failed: %s", self._name, proposal_id, exc)
 
