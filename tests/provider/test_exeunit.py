@@ -19,7 +19,7 @@ from workgen.errors import BackendError
 from workgen.protocol.exescript import (
     AtEnd, BatchFormatError, Capture, Deploy, Run, Start, Stream, Terminate, Transfer,
 )
-from workgen.protocol.results import CommandResult, Finished, Started, StdErr, StdOut
+from workgen.protocol.results import CommandOutcome, CommandResult, Finished, Started, StdErr, StdOut
 from workgen.provider.exeunit.unit import ActivityState, ExeUnit, ExeUnitConfig, UnknownBatch
 from workgen.provider.runtime.sandbox import Resources
 
@@ -496,7 +496,10 @@ async def test_results_json_matches_yagna(tmp_path: Path) -> None:
     doc = result.to_json()
     assert set(doc) == {"index", "eventDate", "result", "stdout", "stderr", "message",
                         "isBatchFinished"}
-    assert CommandResult.from_json(json.loads(json.dumps(doc))) == result
+    # The wire form round-trips; the typed fields are the unit's own knowledge.
+    assert CommandResult.from_json(json.loads(json.dumps(doc))).to_json() == doc
+    assert isinstance(result, CommandOutcome)
+    assert (result.return_code, result.failure) == (0, None)
 
 
 SPIN_TWO = """
