@@ -128,7 +128,8 @@ class LinearPricing:
         """The price per unit of each usage counter, in usage-vector order."""
         return {
             counter: _decimal(coeff, counter)
-            for counter, coeff in zip(self.usage_vector, self.coeffs, strict=True)
+            # The coefficients end with the fixed price, which no counter has.
+            for counter, coeff in zip(self.usage_vector, self.coeffs, strict=False)
         }
 
     def price_for(self, usage: Mapping[str, Amount]) -> Decimal:
