@@ -25,7 +25,7 @@ from typing import Any
 
 from .._aio import task_scope
 from ..backends.base import Agreement, Allocation, Backend, DebitNote, Demand, Invoice
-from ..errors import BackendError, PaymentError
+from ..errors import BackendError, BackendUnavailable, PaymentError
 from ..protocol.properties import NODE_DEBUG_SUBNET, NODE_ID_NAME, SRV_COMP_EXPIRATION
 from ..protocol.results import utc_now
 from . import events
@@ -186,15 +186,28 @@ class Golem:
 
     async def _invoices_settled(self) -> None:
         """Wait (boundedly) for the invoices of the agreements that have ended."""
-        waiting = [b.invoice for b in self._books.values() if b.ended and not b.invoice.done()]
-        if waiting:
-            await asyncio.wait(waiting, timeout=self.invoice_timeout)
+        await self._wait_for_invoices(
+            [b.invoice for b in self._books.values() if b.ended and not b.invoice.done()])
+
+    async def _wait_for_invoices(self, invoices: list[asyncio.Future[Any]]) -> None:
+        """Until the invoices came, the time allowed ran out, or no more can come (the
+        payment events ended: the daemon went away)."""
+        pending: set[asyncio.Future[Any]] = set(invoices)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.invoice_timeout
+        while pending and self._payments is not None and not self._payments.done():
+            done, _ = await asyncio.wait(pending | {self._payments},
+                                         timeout=max(0.0, deadline - loop.time()),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return
+            pending -= done
 
     async def _await_invoices(self) -> None:
         waiting = {b.agreement.id: b for b in self._books.values() if not b.invoice.done()}
         if not waiting:
             return
-        await asyncio.wait([b.invoice for b in waiting.values()], timeout=self.invoice_timeout)
+        await self._wait_for_invoices([b.invoice for b in waiting.values()])
         for book in waiting.values():
             if not book.invoice.done():
                 self._emit(events.PaymentMissing(agreement_id=book.agreement.id,
@@ -289,14 +302,19 @@ class Golem:
                                               reason=reason))
 
     async def _pay(self) -> None:
-        async for event in self.backend.payment_events():
-            try:
-                if isinstance(event, DebitNote):
-                    await self._on_debit_note(event)
-                else:
-                    await self._on_invoice(event)
-            except BackendError as exc:
-                log.warning("payment for %s failed: %s", event.agreement_id, exc)
+        try:
+            async for event in self.backend.payment_events():
+                try:
+                    if isinstance(event, DebitNote):
+                        await self._on_debit_note(event)
+                    else:
+                        await self._on_invoice(event)
+                except BackendError as exc:
+                    log.warning("payment for %s failed: %s", event.agreement_id, exc)
+        except BackendUnavailable as exc:
+            # The jobs meet the same daemon and report it; payments just end here (the
+            # invoices still awaited are reported missing), without tearing down the caller.
+            log.warning("payment events ended: %s", exc)
 
     async def _on_debit_note(self, note: DebitNote) -> None:
         book = self._books.get(note.agreement_id)

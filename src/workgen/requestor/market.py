@@ -50,6 +50,7 @@ class Market:
         self.offers_seen = 0
         self.agreements_made = 0
         self._closed = False
+        self._failure: Exception | None = None
         # Per provider: negotiating (an offer answered, no draft or refusal yet), or refused
         # (why, by us or by them). When every provider refused, waiting on is pointless.
         self._pending: set[str] = set()
@@ -58,6 +59,17 @@ class Market:
         self._signing = 0
 
     async def _negotiate(self) -> None:
+        try:
+            await self._follow()
+        except Exception as exc:
+            # Whoever waits for a draft hears of it (raised from sign()): the job ends with
+            # this error instead of being cancelled from under its slots.
+            self._failure = exc
+        self._closed = True
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _follow(self) -> None:
         async for event in self._sub:
             if isinstance(event, Proposal):
                 await self._on_proposal(event)
@@ -73,9 +85,6 @@ class Market:
                     continue
                 self._strategy.report_failure(event.issuer_id, event.reason)
                 await self._refuse(event.issuer_id, name, f"refused: {event.reason}")
-        self._closed = True
-        async with self._changed:
-            self._changed.notify_all()
 
     async def _on_proposal(self, proposal: Proposal) -> None:
         draft = proposal.state == "Draft"
@@ -117,6 +126,8 @@ class Market:
     async def _next_draft(self) -> Proposal:
         async with self._changed:
             while not self._drafts:
+                if self._failure is not None:
+                    raise self._failure
                 if self._closed:
                     raise NoProvidersError("the demand's subscription ended")
                 remaining = self._startup_timeout - (time.monotonic() - self._started)

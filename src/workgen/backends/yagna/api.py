@@ -39,8 +39,9 @@ class YagnaApi(RestBase):
                       ok: tuple[int, ...] = ()) -> Any:
         """The decoded JSON answer (``None`` when empty or a long poll's 408).
 
-        ``poll`` is a long poll's server-side wait (sent as ``timeout``); ``ok`` lists error
-        statuses the caller handles itself (returned as ``None``).
+        ``poll`` is a long poll's server-side wait (sent as ``timeout``): its 408 means "nothing
+        yet"; any other request's 408 is an error. ``ok`` lists error statuses the caller
+        handles itself (returned as ``None``).
         """
         query, timeout = poll_query(params, poll)
         safe = method == "GET"
@@ -59,8 +60,13 @@ class YagnaApi(RestBase):
             if status >= 500 and safe and attempt + 1 < _RETRIES:
                 await asyncio.sleep(_RETRY_DELAY)
                 continue
-            if status == 408 or status in ok:
-                return None
+            if (status == 408 and poll is not None) or status in ok:
+                return None  # a long poll that found nothing, or a status the caller takes
+            if status == 408:
+                # Not a long poll: the daemon gave up waiting for the other side (a provider
+                # that no longer answers), which is an error like any other.
+                raise ApiError(f"yagna: {method} {path} timed out waiting for the other side "
+                               "(HTTP 408)", status=status, body=response.text)
             if status == 401:
                 raise BackendUnavailable(f"yagna at {self.api_url} refused the app key "
                                          "(check YAGNA_APPKEY)")

@@ -45,6 +45,9 @@ from .storage import GftpStorage
 
 log = logging.getLogger(__name__)
 
+TERMINATE_TIMEOUT = 10.0
+UNANSWERED_LIMIT = 2
+"""State queries in a row that the provider's side fails before its activity counts as lost."""
 POLL = 5.0
 
 
@@ -128,7 +131,8 @@ class _ActivityErrors:
 
     def of(self, activity: Activity, status: int | None = None,
            what: str | None = None) -> ActivityClosed | ActivityLost:
-        detail = what or (f"HTTP {status} from the daemon" if status else "no answer")
+        detail = what or ("its provider did not answer in time (HTTP 408)" if status == 408
+                          else f"HTTP {status} from the daemon" if status else "no answer")
         if activity.id in self._destroyed:
             return ActivityClosed(f"activity {activity.id} was destroyed ({detail})",
                                   activity_id=activity.id)
@@ -146,6 +150,7 @@ class _Batch:
         self._activity = activity
         self.id = batch_id
         self._size = size
+        self._unanswered = 0
 
     async def events(self) -> AsyncIterator[RuntimeEvent]:
         path = f"/activity-api/v1/activity/{self._activity.id}/exec/{self.id}"
@@ -186,15 +191,25 @@ class _Batch:
                 if not results[-1].ok:
                     await self._check_alive()
                 return results
+            # A poll without the end: the provider may be gone (its daemon or agent died),
+            # which the results alone never say. Its activity's state does, within a poll.
+            await self._check_alive(polling=True)
 
-    async def _check_alive(self) -> None:
+    async def _check_alive(self, polling: bool = False) -> None:
         """Raises :class:`ActivityLost` if the activity has ended on its provider: a command that
-        failed because its provider's side broke is the activity's loss, not the command's."""
+        failed because its provider's side broke is the activity's loss, not the command's.
+        ``polling``: while waiting for results, a provider that no longer answers for its
+        activity (twice in a row) has lost it too."""
         try:
             doc = await self._api.get(f"/activity-api/v1/activity/{self._activity.id}/state")
+            self._unanswered = 0
         except ApiError as exc:
             if exc.status in (404, 410):
                 raise self._errors.of(self._activity, exc.status) from exc
+            self._unanswered += 1
+            if polling and self._unanswered >= UNANSWERED_LIMIT:
+                raise self._errors.of(self._activity, what="its provider no longer answers for "
+                                      f"it: {exc}") from exc
             # Unknown: the command's own failure stands.
             log.warning("reading the state of activity %s failed: %s", self._activity.id, exc)
             return
@@ -519,8 +534,15 @@ class Yagna:
         return Agreement(id=agreement_id, proposal=proposal, demand=demand, valid_to=valid_to)
 
     async def terminate_agreement(self, agreement: Agreement, reason: str) -> None:
-        await self.api.post(f"/market-api/v1/agreements/{agreement.id}/terminate",
-                            json={"message": reason}, ok=(409, 410))
+        try:
+            # The daemon waits for the provider's answer, which a provider that went away
+            # never gives: it ends the agreement itself then (no activity, no acceptances).
+            async with asyncio.timeout(TERMINATE_TIMEOUT):
+                await self.api.post(f"/market-api/v1/agreements/{agreement.id}/terminate",
+                                    json={"message": reason}, ok=(409, 410))
+        except TimeoutError:
+            log.warning("%s did not confirm the end of agreement %s within %gs",
+                        agreement.provider_name, agreement.id, TERMINATE_TIMEOUT)
 
     # -- activity ---------------------------------------------------------------------------
 
