@@ -61,6 +61,14 @@ def run_requestor(argv: list[str], env: dict[str, str]) -> dict[str, str]:
     return lines
 
 
+def run_node_requestor(devnet: Devnet, script: str) -> dict[str, str]:
+    """Run a golem-js requestor with golem-js's own packages, its registry look-ups answered
+    by the offline stand-in."""
+    with serve(OfflineRegistry) as url:
+        env = devnet_env(devnet) | {"GOLEM_REGISTRY_URL": url, "NODE_PATH": str(GOLEM_JS_MODULES)}
+        return run_requestor(["node", str(HERE / script)], env)
+
+
 @pytest.mark.timeout(200)
 @pytest.mark.skipif(not YAPAPI_PYTHON.exists(), reason="scripts/setup.sh installs yapapi")
 def test_yapapi_runs_its_task_api_with_files_both_ways(sdk_devnet: Devnet) -> None:
@@ -85,10 +93,7 @@ def test_a_yapapi_task_longer_than_the_debit_note_interval_completes(sdk_devnet:
 @pytest.mark.timeout(200)
 @pytest.mark.skipif(not GOLEM_JS_MODULES.exists(), reason="scripts/setup.sh installs golem-js")
 def test_golem_js_rents_a_provider_and_moves_files_both_ways(sdk_devnet: Devnet) -> None:
-    with serve(OfflineRegistry) as url:
-        env = devnet_env(sdk_devnet) | {"GOLEM_REGISTRY_URL": url,
-                                        "NODE_PATH": str(GOLEM_JS_MODULES)}
-        lines = run_requestor(["node", str(HERE / "golem_js_requestor.cjs")], env)
+    lines = run_node_requestor(sdk_devnet, "golem_js_requestor.cjs")
     assert lines["OUT"] == json.dumps("SENT BY GOLEM-JS\n"), lines
 
 
@@ -96,11 +101,9 @@ def test_golem_js_rents_a_provider_and_moves_files_both_ways(sdk_devnet: Devnet)
 @pytest.mark.skipif(not (GOLEM_JS_MODULES / "@golem-sdk" / "task-executor").exists(),
                     reason="scripts/setup.sh installs golem-js's task executor")
 def test_golem_js_task_executor_runs_its_readme_example(sdk_devnet: Devnet) -> None:
-    with serve(OfflineRegistry) as url:
-        env = devnet_env(sdk_devnet) | {"GOLEM_REGISTRY_URL": url,
-                                        "NODE_PATH": str(GOLEM_JS_MODULES)}
-        lines = run_requestor(["node", str(HERE / "task_executor_requestor.cjs")], env)
+    lines = run_node_requestor(sdk_devnet, "task_executor_requestor.cjs")
     assert lines["OUT"] == json.dumps("Hello World\n"), lines
+
 
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(not YAPAPI_PYTHON.exists(), reason="scripts/setup.sh installs yapapi")
