@@ -51,12 +51,12 @@ def _iso(moment: datetime | None = None) -> str:
 
 class _States:
     """An activity's state changes, reported to the daemon in order; :meth:`settled` waits
-    until the daemon has the latest one."""
+    until the daemon has the latest state and usage."""
 
     SETTLE_TIMEOUT = 5.0
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[ActivityState] = asyncio.Queue()
+        self.queue: asyncio.Queue[ActivityState | None] = asyncio.Queue()
         self.changes = 0
         self.reported = 0
         self._done = asyncio.Condition()
@@ -71,12 +71,12 @@ class _States:
             self._done.notify_all()
 
     async def settled(self) -> None:
-        """Wait until the daemon has the latest state: a requestor that sees a batch end and
-        asks for the activity's state must find what explains it (the daemon answers from its
-        last report). Usage is as fresh as yagna's exe unit keeps it (a report a second): a
-        batch that changed no state costs no report."""
-        if self.reported >= self.changes:
-            return
+        """Report state and usage now, and wait until the daemon has them: a requestor that
+        sees a batch end and asks for the activity's state or usage must find what explains
+        it (the daemon answers those from its last report; a second-old report can still say
+        no CPU was used)."""
+        self.changes += 1
+        self.queue.put_nowait(None)
         # Bounded: a daemon that does not take the report must not hold results back.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.SETTLE_TIMEOUT), self._done:
