@@ -211,14 +211,25 @@ class Storage(Protocol):
 # -- the backend ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, or does cheaply, stated once: the requestor decides from these,
+    never from which backend it is talking to."""
+
+    cheap_events: bool
+    """Following a batch's runtime events costs little. When not (yagna: an SSE stream per
+    batch), the requestor reads them only when it needs them (live output)."""
+    batch_cancel: bool
+    """A running batch can be stopped without ending its activity (``BatchHandle.cancel``).
+    When not, a script that overruns its timeout retires its activity."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     name: str
+    capabilities: Capabilities
     startup_timeout: float
     """How long to wait for a first proposal before concluding no provider fits (seconds)."""
-    cheap_events: bool
-    """Whether a batch's runtime events cost little to follow. When not (yagna: an SSE stream
-    per batch), the requestor reads them only when it needs them (live output)."""
 
     @property
     def storage(self) -> Storage: ...

@@ -14,23 +14,20 @@ import inspect
 import math
 import logging
 import os
-import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
 from typing import Any
 
-from .._aio import task_scope
-from ..backends.base import Agreement, Allocation, Backend, DebitNote, Demand, Invoice
-from ..errors import BackendError, BackendUnavailable, PaymentError
+from ..backends.base import Backend, Demand
 from ..protocol.properties import NODE_DEBUG_SUBNET, NODE_ID_NAME, SRV_COMP_EXPIRATION
 from ..protocol.results import utc_now
 from . import events
-from .budget import AgreementBudget, Budget
+from .budget import Budget
 from .job import Job, Worker
+from .payments import Payments
 from .payload import VmPayload
 from .strategy import MarketStrategy, default_strategy
 from .task import Task
@@ -40,17 +37,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_WORKERS = 10
 DEFAULT_MAX_RETRIES = 3
 DEMAND_VALIDITY = timedelta(minutes=30)
-# Amounts computed on both sides from the same usage may differ in the last digits.
-AMOUNT_TOLERANCE = Decimal("1e-9")
-
-
-@dataclass
-class _AgreementBook:
-    agreement: Agreement
-    reservation: AgreementBudget | None
-    ended: bool = False
-    invoice: asyncio.Future[None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 def _backend_from_env() -> Backend:
@@ -103,10 +89,8 @@ class Golem:
         self.stream_output = stream_output
         self.invoice_timeout = invoice_timeout
         self._stack = contextlib.AsyncExitStack()
-        self._tg: asyncio.TaskGroup | None = None
-        self._payments: asyncio.Task[None] | None = None
-        self._allocation: Allocation | None = None
-        self._books: dict[str, _AgreementBook] = {}
+        self.payments: Payments | None = None
+        """The agreement book and its payments, once started."""
         self._jobs: set[Job] = set()
         self.failed_tasks: list[Task[Any, Any]] = []
         """Tasks that failed for good or were rejected without retry, over all jobs."""
@@ -154,9 +138,10 @@ class Golem:
             backend = self.backend
             await backend.start()
             self._stack.push_async_callback(backend.aclose)
-            self._allocation = await backend.create_allocation(self.budget.total)
-            self._tg = await self._stack.enter_async_context(task_scope())
-            self._payments = self._tg.create_task(self._pay())
+            self.payments = Payments(backend, self.budget, self.strategy, self._emit,
+                                     self.invoice_timeout)
+            await self.payments.open()
+            self._stack.push_async_callback(self.payments.close)
         except BaseException:
             await self._stack.aclose()
             self._state = "stopped"
@@ -165,7 +150,11 @@ class Golem:
         self._emit(events.GolemStarted(backend=backend.name, budget=self.budget.total))
 
     async def stop(self) -> None:
-        """Close jobs, settle payments (boundedly), release the allocation, close the backend."""
+        """Close jobs, settle payments (boundedly), release the allocation, close the backend.
+
+        The Golem's own tasks are plain tasks of the event loop, not of a scope entered by
+        ``start``: ``start`` and ``stop`` may be awaited from different tasks.
+        """
         if self._state in ("new", "stopped"):
             self._state = "stopped"
             return
@@ -173,45 +162,10 @@ class Golem:
         try:
             for job in list(self._jobs):
                 await job.cancel()
-            await self._await_invoices()
-            if self._allocation is not None:
-                with contextlib.suppress(BackendError):
-                    await self.backend.release_allocation(self._allocation)
-            if self._payments is not None:
-                self._payments.cancel()
         finally:
             await self._stack.aclose()
             self._state = "stopped"
             self._emit(events.GolemStopped())
-
-    async def _invoices_settled(self) -> None:
-        """Wait (boundedly) for the invoices of the agreements that have ended."""
-        await self._wait_for_invoices(
-            [b.invoice for b in self._books.values() if b.ended and not b.invoice.done()])
-
-    async def _wait_for_invoices(self, invoices: list[asyncio.Future[Any]]) -> None:
-        """Until the invoices came, the time allowed ran out, or no more can come (the
-        payment events ended: the daemon went away)."""
-        pending: set[asyncio.Future[Any]] = set(invoices)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.invoice_timeout
-        while pending and self._payments is not None and not self._payments.done():
-            done, _ = await asyncio.wait(pending | {self._payments},
-                                         timeout=max(0.0, deadline - loop.time()),
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                return
-            pending -= done
-
-    async def _await_invoices(self) -> None:
-        waiting = {b.agreement.id: b for b in self._books.values() if not b.invoice.done()}
-        if not waiting:
-            return
-        await self._wait_for_invoices([b.invoice for b in waiting.values()])
-        for book in waiting.values():
-            if not book.invoice.done():
-                self._emit(events.PaymentMissing(agreement_id=book.agreement.id,
-                                                 provider_name=book.agreement.provider_name))
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -234,7 +188,7 @@ class Golem:
         ends with an error (``NoProvidersError``, ``BudgetExhausted``, ``JobTimeoutError``...)
         raised here after the accepted tasks were yielded.
         """
-        if self._state != "running" or self._tg is None:
+        if self._state != "running" or self.payments is None:
             raise RuntimeError("start the Golem first: 'async with Golem(...) as golem:'")
         _check_worker(worker)
         if max_workers is not None and not _whole(max_workers, 1):
@@ -246,12 +200,14 @@ class Golem:
                                     or not math.isfinite(timeout) or timeout <= 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         demand = await self._demand_for(payload)
-        job = Job(self, worker=worker, data=data, demand=demand,
+        job = Job(backend=self.backend, payments=self.payments, strategy=self.strategy,
+                  emit=self._emit, stream_output=self.stream_output,
+                  worker=worker, data=data, demand=demand,
                   max_workers=max_workers or DEFAULT_MAX_WORKERS, timeout=timeout,
                   job_id=job_id or uuid.uuid4().hex[:8], implicit_init=implicit_init,
                   max_retries=max_retries)
         self._jobs.add(job)
-        job.runner = self._tg.create_task(job.run())
+        job.runner = asyncio.get_running_loop().create_task(job.run(), name=f"job {job.id}")
         try:
             while True:
                 task = await job.accepted.get()
@@ -269,7 +225,7 @@ class Golem:
     async def _demand_for(self, payload: VmPayload) -> Demand:
         if not hasattr(payload, "properties") or not hasattr(payload, "constraints"):
             raise TypeError(f"payload must come from vm.repo(...), got {payload!r}")
-        assert self._allocation is not None
+        assert self.payments is not None and self.payments.allocation is not None
         properties: dict[str, object] = dict(payload.properties())
         expiration = utc_now() + DEMAND_VALIDITY
         properties[SRV_COMP_EXPIRATION] = int(expiration.timestamp() * 1000)
@@ -277,109 +233,12 @@ class Golem:
         properties.setdefault(NODE_ID_NAME, "workgen-requestor")
         clauses = list(payload.constraints())
         clauses.append(f"({NODE_DEBUG_SUBNET}={self.subnet_tag})")
-        decoration = await self.backend.demand_decoration(self._allocation)
+        decoration = await self.backend.demand_decoration(self.payments.allocation)
         properties.update(decoration.properties)
         if decoration.constraints:
             clauses.append(decoration.constraints)
         self.strategy.decorate_demand(properties, clauses)
         return Demand(properties=properties, constraints="(&" + "".join(clauses) + ")")
-
-    # -- agreements and payments -------------------------------------------------------------
-
-    def _agreement_started(self, agreement: Agreement, reservation: AgreementBudget) -> None:
-        self._books[agreement.id] = _AgreementBook(agreement, reservation)
-
-    async def _end_agreement(self, agreement: Agreement, reservation: AgreementBudget | None,
-                             reason: str) -> None:
-        book = self._books.setdefault(agreement.id, _AgreementBook(agreement, reservation))
-        book.ended = True
-        try:
-            await self.backend.terminate_agreement(agreement, reason)
-        except BackendError as exc:
-            log.warning("terminating agreement with %s failed: %s", agreement.provider_name, exc)
-        self._emit(events.AgreementTerminated(agreement_id=agreement.id,
-                                              provider_name=agreement.provider_name,
-                                              reason=reason))
-
-    async def _pay(self) -> None:
-        try:
-            async for event in self.backend.payment_events():
-                try:
-                    if isinstance(event, DebitNote):
-                        await self._on_debit_note(event)
-                    else:
-                        await self._on_invoice(event)
-                except BackendError as exc:
-                    log.warning("payment for %s failed: %s", event.agreement_id, exc)
-        except BackendUnavailable as exc:
-            # The jobs meet the same daemon and report it; payments just end here (the
-            # invoices still awaited are reported missing), without tearing down the caller.
-            log.warning("payment events ended: %s", exc)
-
-    async def _on_debit_note(self, note: DebitNote) -> None:
-        book = self._books.get(note.agreement_id)
-        name = book.agreement.provider_name if book else note.issuer_id
-        reason = self._check_amount(book, note.total_amount_due, note.usage_counter_vector)
-        if reason is None:
-            assert self._allocation is not None
-            await self.backend.accept_debit_note(note, self._allocation)
-            self._emit(events.DebitNoteAccepted(agreement_id=note.agreement_id,
-                                                provider_name=name,
-                                                amount=note.total_amount_due))
-        else:
-            await self.backend.reject_debit_note(note, reason)
-            self._emit(events.DebitNoteRejected(agreement_id=note.agreement_id,
-                                                provider_name=name,
-                                                amount=note.total_amount_due, reason=reason))
-
-    async def _on_invoice(self, invoice: Invoice) -> None:
-        book = self._books.get(invoice.agreement_id)
-        name = book.agreement.provider_name if book else invoice.issuer_id
-        reason = self._check_amount(book, invoice.amount, None)
-        if reason is None:
-            assert self._allocation is not None
-            try:
-                await self.backend.accept_invoice(invoice, self._allocation)
-            except PaymentError as exc:
-                reason = str(exc)
-        if reason is None:
-            self._emit(events.InvoiceAccepted(agreement_id=invoice.agreement_id,
-                                              provider_name=name, amount=invoice.amount))
-            paid = invoice.amount
-        else:
-            with contextlib.suppress(BackendError):
-                await self.backend.reject_invoice(invoice, reason)
-            self._emit(events.InvoiceRejected(agreement_id=invoice.agreement_id,
-                                              provider_name=name, amount=invoice.amount,
-                                              reason=reason))
-            paid = Decimal(0)
-        if book is not None:
-            if book.reservation is not None:
-                book.reservation.close(paid)
-            if not book.invoice.done():
-                book.invoice.set_result(None)
-
-    def _check_amount(self, book: _AgreementBook | None, amount: Decimal,
-                      usage_vector: tuple[float, ...] | None) -> str | None:
-        """Why ``amount`` must not be paid, or ``None`` if it is fine."""
-        if book is None:
-            return "no such agreement of ours"
-        if book.reservation is not None and amount > book.reservation.reserved + AMOUNT_TOLERANCE:
-            return (f"amount {amount} is over the {book.reservation.reserved} this agreement "
-                    "may cost within the budget")
-        if book.reservation is not None:
-            # Whatever the usage, linear pricing can't have reached more than this by now.
-            most = book.reservation.bound(time.monotonic() - book.reservation.started)
-            if amount > most + AMOUNT_TOLERANCE:
-                return (f"amount {amount} is over {most}, the most the agreed prices allow "
-                        "for the time the agreement has run")
-        if usage_vector is not None:
-            pricing = book.agreement.pricing
-            usage = dict(zip(pricing.usage_vector, usage_vector, strict=False))
-            fair = self.strategy.acceptable_amount(pricing, usage)
-            if amount > fair + AMOUNT_TOLERANCE:
-                return f"amount {amount} is over {fair}, the agreed price for the usage reported"
-        return None
 
 
 def _whole(value: object, minimum: int) -> bool:

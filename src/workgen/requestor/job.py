@@ -20,10 +20,10 @@ import logging
 import time
 from decimal import Decimal
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._aio import task_scope
-from ..backends.base import Activity, Agreement, Demand, Proposal
+from ..backends.base import Activity, Agreement, Backend, Demand, Proposal
 from ..protocol.pricing import LinearPricing
 from ..errors import (
     ActivityError, BatchError, BudgetExhausted, JobTimeoutError, NoProvidersError, WorkgenError,
@@ -32,12 +32,12 @@ from . import events
 from .budget import AgreementBudget
 from .context import WorkContext
 from .market import Market, open_market
+from .payments import Payments
 from .queue import TaskQueue
+from .runner import ScriptRunner
 from .script import Result, Script
+from .strategy import MarketStrategy
 from .task import Task, TaskStatus
-
-if TYPE_CHECKING:
-    from .golem import Golem
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,16 @@ class _Misuse(Exception):
 
 
 class Job:
-    def __init__(self, golem: Golem, *, worker: Worker, data: Iterable[Any] | AsyncIterable[Any],
-                 demand: Demand, max_workers: int, timeout: float | None, job_id: str,
-                 implicit_init: bool, max_retries: int):
-        self.golem = golem
+    def __init__(self, *, backend: Backend, payments: Payments, strategy: MarketStrategy,
+                 emit: Callable[[events.Event], None], stream_output: bool, worker: Worker,
+                 data: Iterable[Any] | AsyncIterable[Any], demand: Demand, max_workers: int,
+                 timeout: float | None, job_id: str, implicit_init: bool, max_retries: int):
+        self._backend = backend
+        self._payments = payments
+        self._budget = payments.budget
+        self._strategy = strategy
+        self._emit = emit
+        self._stream_output = stream_output
         self.id = job_id
         self._worker = worker
         self._demand = demand
@@ -87,9 +93,6 @@ class Job:
         # Reservations held by signings still under way: they are money about to work, so a
         # slot short of budget must wait for them as for running agreements.
         self._signing_reserved = 0
-
-    def _emit(self, event: events.Event) -> None:
-        self.golem._emit(event)
 
     # -- the job as a whole ------------------------------------------------------------------
 
@@ -128,7 +131,7 @@ class Job:
             await asyncio.wait([self.runner])
 
     async def _run_slots(self) -> None:
-        async with open_market(self.golem.backend, self._demand, self.golem.strategy, self.id,
+        async with open_market(self._backend, self._demand, self._strategy, self.id,
                                self._emit) as market:
             async with task_scope() as tg:
                 for _ in range(self._max_workers):
@@ -145,7 +148,7 @@ class Job:
                 # and give back what it did not use; with none running, the job is over.
                 await self.queue.release_claim()
                 if self._active_agreements == 0 and self._signing_reserved == 0:
-                    await self.golem._invoices_settled()
+                    await self._payments.invoices_settled()
                     if self._budget_may_suffice():
                         continue
                     raise self._exhausted()
@@ -161,10 +164,10 @@ class Job:
                 if self.queue.finished:
                     return
                 # The budget could not cover the best offer's terms.
-                self._free_when_short = self.golem.budget.free
+                self._free_when_short = self._budget.free
                 if self._active_agreements == 0 and self._signing_reserved == 0:
-                    await self.golem._invoices_settled()
-                    if self.golem.budget.free > self._free_when_short:
+                    await self._payments.invoices_settled()
+                    if self._budget.free > self._free_when_short:
                         continue  # settled invoices gave some back: try again
                     raise self._exhausted()
                 await self._wait_for_an_agreement_to_end()
@@ -175,10 +178,10 @@ class Job:
             first = self.queue.take_claimed()
             if first is None:  # the others took it all meanwhile
                 reservation.close(Decimal(0))
-                await self.golem._end_agreement(agreement, None, "no work left")
+                await self._payments.end_agreement(agreement, None, "no work left")
                 continue
             self._active_agreements += 1
-            self.golem._agreement_started(agreement, reservation)
+            self._payments.agreement_started(agreement, reservation)
             try:
                 await self._on_agreement(agreement, reservation, first)
             finally:
@@ -187,13 +190,13 @@ class Job:
                     self._agreement_ended.notify_all()
 
     def _budget_may_suffice(self) -> bool:
-        free = self.golem.budget.free
+        free = self._budget.free
         if free <= 0:
             return False
         return self._free_when_short is None or free > self._free_when_short
 
     def _exhausted(self) -> BudgetExhausted:
-        return BudgetExhausted(f"job {self.id}: the budget of {self.golem.budget.total} cannot "
+        return BudgetExhausted(f"job {self.id}: the budget of {self._budget.total} cannot "
                                "pay for more work")
 
     def _reserve(self, proposal: Proposal) -> AgreementBudget | None:
@@ -201,7 +204,7 @@ class Job:
             pricing = LinearPricing.from_properties(proposal.properties)
         except ValueError:
             return None  # the strategy let through terms we cannot bound; don't sign them
-        reservation = self.golem.budget.open(pricing, dict(proposal.properties))
+        reservation = self._budget.open(pricing, dict(proposal.properties))
         if reservation is not None:
             self._signing_reserved += 1
         return reservation
@@ -213,7 +216,7 @@ class Job:
     async def _wait_for_an_agreement_to_end(self) -> None:
         async with self._agreement_ended:
             await self._agreement_ended.wait()
-        await self.golem._invoices_settled()
+        await self._payments.invoices_settled()
 
     async def _sign_while_work_remains(
         self, market: Market
@@ -233,7 +236,7 @@ class Job:
             if sign is not None and sign.done() and not sign.cancelled() \
                     and sign.exception() is None and (signed := sign.result()) is not None:
                 self._release(signed[1])
-                await self.golem._end_agreement(signed[0], None, "job closed")
+                await self._payments.end_agreement(signed[0], None, "job closed")
             raise
         if sign.cancelled():
             return None
@@ -245,13 +248,16 @@ class Job:
         activity: Activity | None = None
         pending: Task[Any, Any] | None = first
         try:
-            activity = await self.golem.backend.create_activity(agreement)
+            activity = await self._backend.create_activity(agreement)
             self._emit(events.ActivityCreated(job_id=self.id, activity_id=activity.id,
                                               agreement_id=agreement.id,
                                               provider_name=agreement.provider_name))
-            ctx = WorkContext(backend=self.golem.backend, agreement=agreement, activity=activity,
+            ctx = WorkContext(backend=self._backend, agreement=agreement, activity=activity,
                               job_id=self.id, emit=self._emit,
-                              stream_output=self.golem.stream_output)
+                              stream_output=self._stream_output)
+            runner = ScriptRunner(ctx, backend=self._backend, agreement=agreement,
+                                  activity=activity, job_id=self.id, emit=self._emit,
+                                  stream_output=self._stream_output)
             async with asyncio.timeout_at(_loop_time(reservation.deadline())) as deadline, \
                     task_scope() as tg:
                 extender = tg.create_task(_extend_while_affordable(reservation, deadline))
@@ -260,13 +266,13 @@ class Job:
                         init = ctx.new_script()
                         init.deploy()
                         init.start()
-                        await ctx._run_script(init)
+                        await runner.run(init)
                     while pending is not None:
                         task, pending = pending, None
-                        if await self._drive(ctx, task, reservation, deadline):
+                        if await self._drive(ctx, runner, task, reservation, deadline):
                             reason = "the agreement used its share of the budget"
                             return
-                        if ctx._retired:
+                        if runner.retired:
                             reason = ("a timed-out script could not be stopped on the provider; "
                                       "ending its activity stops it")
                             return
@@ -281,7 +287,7 @@ class Job:
             raise
         except (WorkgenError, _WorkerFailed, Exception) as exc:
             reason = f"failed: {_short(exc)}"
-            self.golem.strategy.report_failure(agreement.provider_id, reason)
+            self._strategy.report_failure(agreement.provider_id, reason)
             self._emit(events.ActivityFailed(job_id=self.id,
                                              activity_id=activity.id if activity else "",
                                              provider_name=agreement.provider_name,
@@ -291,17 +297,17 @@ class Job:
                 await self.queue.put_back(pending)
             if activity is not None:
                 with contextlib.suppress(Exception):
-                    await self.golem.backend.destroy_activity(activity)
+                    await self._backend.destroy_activity(activity)
                 self._emit(events.ActivityDestroyed(activity_id=activity.id,
                                                     provider_name=agreement.provider_name))
-            await self.golem._end_agreement(agreement, reservation, reason)
+            await self._payments.end_agreement(agreement, reservation, reason)
 
-    async def _drive(self, ctx: WorkContext, first: Task[Any, Any],
+    async def _drive(self, ctx: WorkContext, runner: ScriptRunner, first: Task[Any, Any],
                      reservation: AgreementBudget, deadline: asyncio.Timeout) -> bool:
         """Run the user's worker once on ``ctx``; True if it stopped for the budget's sake."""
         held: list[Task[Any, Any]] = []
         state: dict[str, Any] = {"budget_stop": False, "longest": None}
-        tasks = self._tasks(ctx, first, held, reservation, deadline, state)
+        tasks = self._tasks(ctx, runner, first, held, reservation, deadline, state)
         gen = self._worker(ctx, tasks)
         if not inspect.isasyncgen(gen):
             if inspect.iscoroutine(gen):
@@ -323,7 +329,7 @@ class Job:
                     if not isinstance(item, Script):
                         raise TypeError(f"the worker yielded {item!r}; yield Script objects "
                                         "made by context.new_script()")
-                    if item._sent:
+                    if item.sent:
                         # Raised where the worker yielded it, so it can tell which one.
                         throw = RuntimeError(
                             f"{item!r} was already sent: a script runs once; make a new one "
@@ -331,11 +337,11 @@ class Job:
                         continue
                     if item.wait_for_results:
                         try:
-                            send = _completed(await ctx._run_script(item))
+                            send = _completed(await runner.run(item))
                         except (BatchError, ActivityError) as exc:
                             throw = exc
                     else:
-                        send = tg.create_task(ctx._run_script(item))
+                        send = tg.create_task(runner.run(item))
         except Exception as exc:
             for task in held:
                 if task.status is TaskStatus.RUNNING:
@@ -357,7 +363,8 @@ class Job:
             await self._settle(task, worker_done=True)
         return state["budget_stop"] is True
 
-    async def _tasks(self, ctx: WorkContext, first: Task[Any, Any], held: list[Task[Any, Any]],
+    async def _tasks(self, ctx: WorkContext, runner: ScriptRunner, first: Task[Any, Any],
+                     held: list[Task[Any, Any]],
                      reservation: AgreementBudget, deadline: asyncio.Timeout,
                      state: dict[str, Any]) -> AsyncGenerator[Task[Any, Any], None]:
         """The ``tasks`` iterator a worker reads: one task at a time from the job's queue."""
@@ -379,7 +386,7 @@ class Job:
             for done in [t for t in held if t.status is not TaskStatus.RUNNING]:
                 held.remove(done)
                 await self._settle(done)
-            if ctx._retired:
+            if runner.retired:
                 return
             # The tasks this worker holds cannot come back while it waits for another.
             task = await self.queue.get(holding=sum(

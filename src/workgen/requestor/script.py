@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,7 +55,7 @@ Capturing = Literal["str", "bin"] | AtEnd | Stream | None
 OnDownload = Callable[[Any], Awaitable[None] | None]
 
 
-class _Step:
+class Step:
     """One command of a script: how to build it, and what to do with its result."""
 
     def __init__(self, command: Command | None = None):
@@ -77,7 +78,7 @@ class _Step:
             await self.destination.aclose()
 
 
-class _Send(_Step):
+class _Send(Step):
     def __init__(self, dst: str, *, path: Path | None = None, data: bytes | None = None):
         super().__init__()
         self._dst, self._path, self._data = dst, path, data
@@ -93,7 +94,7 @@ class _Send(_Step):
         return self.command
 
 
-class _Download(_Step):
+class _Download(Step):
     def __init__(self, src: str, *, to_path: Path | None = None, decode_json: bool = False,
                  on_download: OnDownload | None = None, limit: int | None = None):
         super().__init__()
@@ -142,19 +143,36 @@ class Script:
     """A batch of commands for one activity, built by a worker from its ``WorkContext``."""
 
     def __init__(self, context: WorkContext, timeout: float | None = None,
-                 wait_for_results: bool = True):
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+                 wait_for_results: bool = True, *, stream_output: bool = False):
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float))
+                                    or not math.isfinite(timeout) or timeout <= 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.context = context
+        """The context it was made by: only that context's activity runs it."""
         self.timeout = timeout
         self.wait_for_results = wait_for_results
-        self._steps: list[_Step] = []
+        self._stream_output = stream_output
+        self._steps: list[Step] = []
         self._sent = False
+
+    @property
+    def sent(self) -> bool:
+        """Whether the script was yielded already: a script runs once."""
+        return self._sent
+
+    def seal(self) -> list[Step]:
+        """Its steps, for running; the script takes no more commands and runs only once."""
+        if self._sent:
+            raise RuntimeError(f"{self!r} was already sent: a script runs once; make a new "
+                               "one with context.new_script()")
+        self._sent = True
+        return self._steps
 
     def __repr__(self) -> str:
         return f"Script({len(self._steps)} commands, activity={self.context.id})"
 
-    def _add(self, step: _Step) -> asyncio.Future[Result]:
+    def _add(self, step: Step) -> asyncio.Future[Result]:
         if self._sent:
             raise RuntimeError("this script was already yielded; build a new one with "
                                "context.new_script()")
@@ -165,16 +183,16 @@ class Script:
 
     def add(self, command: Command) -> asyncio.Future[Result]:
         """Add a raw ExeScript command (from :mod:`workgen.protocol.exescript`)."""
-        return self._add(_Step(command))
+        return self._add(Step(command))
 
     def deploy(self, **kwargs: Any) -> asyncio.Future[Result]:
-        return self._add(_Step(Deploy(**kwargs)))
+        return self._add(Step(Deploy(**kwargs)))
 
     def start(self, *args: str) -> asyncio.Future[Result]:
-        return self._add(_Step(Start(tuple(args))))
+        return self._add(Step(Start(tuple(args))))
 
     def terminate(self) -> asyncio.Future[Result]:
-        return self._add(_Step(Terminate()))
+        return self._add(Step(Terminate()))
 
     def run(
         self,
@@ -193,9 +211,9 @@ class Script:
         for arg in (cmd, *args):
             if not isinstance(arg, str):
                 raise TypeError(f"run() takes strings, got {arg!r}")
-        default: CaptureMode = Stream() if self.context._stream_output else AtEnd()
+        default: CaptureMode = Stream() if self._stream_output else AtEnd()
         capture = Capture(stdout=_capture(stdout, default), stderr=_capture(stderr, default))
-        return self._add(_Step(Run(cmd, tuple(args), env=dict(env) if env else None,
+        return self._add(Step(Run(cmd, tuple(args), env=dict(env) if env else None,
                                    capture=capture)))
 
     def send_file(self, src: str | Path, dst: str) -> asyncio.Future[Result]:

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ..base import (
+    Capabilities,
     Activity, Agreement, Allocation, BatchHandle, DebitNote, Demand, DemandSubscription,
     Invoice, PaymentEvent, Proposal, ProposalRejectedEvent,
 )
@@ -71,7 +72,7 @@ class LocalNetwork:
 
     name = "local"
     startup_timeout = 2.0
-    cheap_events = True
+    capabilities = Capabilities(cheap_events=True, batch_cancel=True)
     """Offers on the local network are there at once: a short wait decides 'no provider'."""
 
     def __init__(

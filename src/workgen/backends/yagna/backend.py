@@ -36,6 +36,7 @@ from ...protocol.properties import (
 )
 from ...protocol.results import CommandOutcome, CommandResult, Finished, RuntimeEvent
 from ..base import (
+    Capabilities,
     Activity, Agreement, Allocation, DebitNote, Demand, Invoice, MarketEvent, PaymentEvent,
     Proposal, ProposalRejectedEvent,
 )
@@ -241,7 +242,7 @@ class Yagna:
 
     name = "yagna"
     startup_timeout = 30.0
-    cheap_events = False
+    capabilities = Capabilities(cheap_events=False, batch_cancel=False)
 
     def __init__(self, *, api_url: str | None = None, appkey: str | None = None,
                  gsb_url: str | None = None, subnet: str | None = None,
