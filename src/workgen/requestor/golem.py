@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from types import TracebackType
 from typing import Any
 
-from ..backends.base import Backend, Demand
+from ..backends.base import Allocation, Backend, Demand
 from ..protocol.properties import NODE_DEBUG_SUBNET, NODE_ID_NAME, SRV_COMP_EXPIRATION
 from ..protocol.results import utc_now
 from . import events
@@ -223,22 +223,31 @@ class Golem:
             self._jobs.discard(job)
 
     async def _demand_for(self, payload: VmPayload) -> Demand:
-        if not hasattr(payload, "properties") or not hasattr(payload, "constraints"):
-            raise TypeError(f"payload must come from vm.repo(...), got {payload!r}")
         assert self.payments is not None and self.payments.allocation is not None
-        properties: dict[str, object] = dict(payload.properties())
-        expiration = utc_now() + DEMAND_VALIDITY
-        properties[SRV_COMP_EXPIRATION] = int(expiration.timestamp() * 1000)
-        properties[NODE_DEBUG_SUBNET] = self.subnet_tag
-        properties.setdefault(NODE_ID_NAME, "workgen-requestor")
-        clauses = list(payload.constraints())
-        clauses.append(f"({NODE_DEBUG_SUBNET}={self.subnet_tag})")
-        decoration = await self.backend.demand_decoration(self.payments.allocation)
-        properties.update(decoration.properties)
-        if decoration.constraints:
-            clauses.append(decoration.constraints)
-        self.strategy.decorate_demand(properties, clauses)
-        return Demand(properties=properties, constraints="(&" + "".join(clauses) + ")")
+        return await compose_demand(self.backend, self.payments.allocation, payload,
+                                    subnet=self.subnet_tag, strategy=self.strategy)
+
+
+async def compose_demand(backend: Backend, allocation: Allocation, payload: VmPayload, *,
+                         subnet: str, strategy: MarketStrategy) -> Demand:
+    """The demand a requestor publishes for ``payload``: the payload's properties and
+    constraints, an expiration, the subnet, the backend's payment decoration for
+    ``allocation`` and what the strategy adds."""
+    if not hasattr(payload, "properties") or not hasattr(payload, "constraints"):
+        raise TypeError(f"payload must come from vm.repo(...), got {payload!r}")
+    properties: dict[str, object] = dict(payload.properties())
+    expiration = utc_now() + DEMAND_VALIDITY
+    properties[SRV_COMP_EXPIRATION] = int(expiration.timestamp() * 1000)
+    properties[NODE_DEBUG_SUBNET] = subnet
+    properties.setdefault(NODE_ID_NAME, "workgen-requestor")
+    clauses = list(payload.constraints())
+    clauses.append(f"({NODE_DEBUG_SUBNET}={subnet})")
+    decoration = await backend.demand_decoration(allocation)
+    properties.update(decoration.properties)
+    if decoration.constraints:
+        clauses.append(decoration.constraints)
+    strategy.decorate_demand(properties, clauses)
+    return Demand(properties=properties, constraints="(&" + "".join(clauses) + ")")
 
 
 def _whole(value: object, minimum: int) -> bool:

@@ -143,6 +143,11 @@ class ScriptRunner:
             else:
                 failure = _failure(result, r.failure)
                 _fail(step.future, failure)
+                if r.failure is FailureKind.TIMED_OUT and \
+                        not self._backend.capabilities.batch_cancel:
+                    # A backend that cannot stop a batch did not stop this one either: it
+                    # runs on (and is billed) until the activity ends.
+                    self.retired = True
         self._emit(events.ScriptFinished(job_id=self._job_id, activity_id=self.id,
                                          batch_id=batch.id, success=failure is None,
                                          message=str(failure) if failure else None))

@@ -34,7 +34,9 @@ from ...protocol.properties import (
     COM_PAYMENT_CHOSEN_PLATFORM, SRV_COMP_TASK_PACKAGE, SRV_COMP_VM_IMAGE_TAG,
     SRV_COMP_VM_PACKAGE_FORMAT, flatten_properties,
 )
-from ...protocol.results import CommandOutcome, CommandResult, Finished, RuntimeEvent
+from ...protocol.results import (
+    CommandOutcome, CommandResult, FailureKind, Finished, RuntimeEvent, utc_now,
+)
 from ..base import (
     Capabilities,
     Activity, Agreement, Allocation, DebitNote, Demand, Invoice, MarketEvent, PaymentEvent,
@@ -145,15 +147,28 @@ class _ActivityErrors:
 
 class _Batch:
     def __init__(self, api: YagnaApi, errors: _ActivityErrors, activity: Activity,
-                 batch_id: str, size: int):
+                 batch_id: str, size: int, timeout: float | None):
         self._errors = errors
         self._api = api
         self._activity = activity
         self.id = batch_id
         self._size = size
         self._unanswered = 0
+        # yagna's exec request carries no timeout, so it is kept here: at the deadline the
+        # batch is reported timed out (its command runs on until the activity ends).
+        self._timeout = timeout
+        self._deadline = (None if timeout is None
+                          else asyncio.get_running_loop().time() + timeout)
 
     async def events(self) -> AsyncIterator[RuntimeEvent]:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                async for event in self._events():
+                    yield event
+        except TimeoutError:
+            return  # results() says the batch timed out
+
+    async def _events(self) -> AsyncIterator[RuntimeEvent]:
         path = f"/activity-api/v1/activity/{self._activity.id}/exec/{self.id}"
         try:
             async with self._api.http.stream("GET", path, timeout=None,
@@ -180,13 +195,21 @@ class _Batch:
 
     async def results(self) -> list[CommandOutcome]:
         path = f"/activity-api/v1/activity/{self._activity.id}/exec/{self.id}"
+        loop = asyncio.get_running_loop()
         while True:
+            poll = POLL
+            if self._deadline is not None:
+                poll = min(POLL, max(0.0, self._deadline - loop.time()))
             try:
                 docs = await self._api.get(path, params={"commandIndex": self._size - 1,
-                                                         "pollTimeout": POLL}, poll=POLL)
+                                                         "pollTimeout": poll}, poll=poll)
             except ApiError as exc:
                 raise self._errors.of(self._activity, exc.status) from exc
             results = [outcome(CommandResult.from_json(d)) for d in docs or []]
+            if (self._deadline is not None and loop.time() >= self._deadline
+                    and not (results and (results[-1].is_batch_finished or not results[-1].ok
+                                          or results[-1].index >= self._size - 1))):
+                return results + [self._timed_out(len(results))]
             if results and (results[-1].is_batch_finished or not results[-1].ok
                             or results[-1].index >= self._size - 1):
                 if not results[-1].ok:
@@ -222,6 +245,13 @@ class _Batch:
             reason = doc.get("reason") or doc.get("errorMessage") or "no reason given"
             raise ActivityLost(f"activity {self._activity.id} is {state} on its provider: "
                                f"{reason}", activity_id=self._activity.id)
+
+    def _timed_out(self, index: int) -> CommandOutcome:
+        result = CommandResult(
+            index=index, result="Error", event_date=utc_now(), is_batch_finished=True,
+            message=f"batch timed out after {self._timeout:g}s; yagna cannot stop a batch, so "
+                    "its command runs on until the activity ends")
+        return CommandOutcome.of(result, None, FailureKind.TIMED_OUT)
 
     async def cancel(self) -> bool:
         # yagna's REST API cannot stop a batch: only ending its activity does.
@@ -566,7 +596,7 @@ class Yagna:
                                            json={"text": json.dumps(batch_to_json(commands))})
         except ApiError as exc:
             raise self._errors.of(activity, exc.status) from exc
-        return _Batch(self.api, self._errors, activity, batch_id, len(commands))
+        return _Batch(self.api, self._errors, activity, batch_id, len(commands), timeout)
 
     async def activity_state(self, activity: Activity) -> str:
         try:
