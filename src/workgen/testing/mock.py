@@ -192,9 +192,9 @@ class _Subscription:
     async def __aiter__(self) -> AsyncIterator[MarketEvent]:
         while True:
             event = await self.queue.get()
+            self._backend._check_gone()  # a daemon that died ends the stream with an error
             if event is None:
                 return
-            self._backend._check_up()
             yield event
 
     async def aclose(self) -> None:
