@@ -87,3 +87,59 @@ async def test_an_unreachable_daemon_is_backend_unavailable() -> None:
             await api.get("/me")
     finally:
         await api.aclose()
+
+
+class Answers(http.server.BaseHTTPRequestHandler):
+    """Answers ``/<status>/...`` with that status, always."""
+
+    seen: dict[str, int] = {}
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _answer(self) -> None:
+        path = self.path.split("?")[0]
+        self.seen[path] = self.seen.get(path, 0) + 1
+        status = int(path.split("/")[1])
+        body = b"" if status == 204 else json.dumps({"status": status}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = _answer
+    do_POST = _answer
+
+
+@pytest.mark.parametrize("method, status, options, expected, tries", [
+    ("GET", 200, {}, {"status": 200}, 1),
+    ("POST", 204, {}, None, 1),
+    ("GET", 408, {"poll": 5.0}, None, 1),                     # a long poll found nothing
+    ("GET", 408, {}, (ApiError, "timed out waiting for the other side"), 1),
+    ("POST", 400, {}, (ApiError, "HTTP 400"), 1),
+    ("GET", 401, {}, (BackendUnavailable, "app key"), 1),
+    ("GET", 404, {}, (ApiError, "HTTP 404"), 1),
+    ("GET", 404, {"ok": (404,)}, None, 1),                     # the caller takes it
+    ("GET", 500, {}, (ApiError, "HTTP 500"), 3),               # retried, then reported
+    ("POST", 500, {}, (ApiError, "HTTP 500"), 1),              # never repeated
+    ("GET", 503, {}, (ApiError, "HTTP 503"), 3),
+])
+async def test_every_answer_maps_to_one_outcome(method: str, status: int, options: Any,
+                                                expected: Any, tries: int) -> None:
+    Answers.seen = {}
+    with serve(Answers) as url:
+        api = YagnaApi(url, "key")
+        try:
+            path = f"/{status}/x"
+            if isinstance(expected, tuple):
+                kind, text = expected
+                with pytest.raises(kind, match=text) as info:
+                    await api.request(method, path, **options)
+                if kind is ApiError:
+                    assert info.value.status == status
+            else:
+                assert await api.request(method, path, **options) == expected
+            assert Answers.seen[path] == tries
+        finally:
+            await api.aclose()

@@ -450,10 +450,17 @@ class Yagna:
             await self.api.post(f"/payment-api/v1/invoices/{invoice.id}/accept", json={
                 "totalAmountAccepted": str(invoice.amount), "allocationId": allocation.id})
         except ApiError as exc:
-            if "allocation" in exc.body.lower() or "insufficient" in exc.body.lower():
-                raise BudgetExhausted(f"the allocation cannot pay invoice {invoice.id}: "
-                                      f"{exc.body[:200]}") from exc
+            # Whether the allocation is short is a number the daemon keeps, not its wording.
+            if await self._remaining(allocation) < invoice.amount:
+                raise BudgetExhausted(f"allocation {allocation.id} cannot pay invoice "
+                                      f"{invoice.id} for {invoice.amount}") from exc
             raise
+
+    async def _remaining(self, allocation: Allocation) -> Decimal:
+        doc = await self.api.get(f"/payment-api/v1/allocations/{allocation.id}", ok=(404,))
+        if not isinstance(doc, dict):
+            return Decimal(0)  # gone: it can pay nothing
+        return Decimal(str(doc.get("remainingAmount", "0")))
 
     async def reject_invoice(self, invoice: Invoice, reason: str) -> None:
         await self.api.post(f"/payment-api/v1/invoices/{invoice.id}/reject", json={
