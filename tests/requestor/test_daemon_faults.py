@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,11 +113,18 @@ async def test_a_provider_daemon_dying_moves_its_task_to_another_provider_prompt
     node = state.requestor
     backend = Yagna(api_url=node.api_url, appkey=node.appkey, gsb_url=node.gsb_url,
                     subnet=state.subnet)
-    async with Golem(budget=1, backend=backend, event_consumer=seen.append,
-                     invoice_timeout=5) as golem:
+    # The default invoice timeout (30 s): the gone provider's invoice is not waited for.
+    async with Golem(budget=1, backend=backend, event_consumer=seen.append) as golem:
         accepted = [t async for t in golem.execute_tasks(stalling_worker, tasks,
                                                           payload=await vm.repo(),
                                                           max_workers=2, timeout=600)]
+        job_done = time.monotonic()
+    closing = time.monotonic() - job_done
+    assert closing < golem.invoice_timeout / 2, f"closing took {closing:.1f}s"
+    missing = [e for e in seen if isinstance(e, events.PaymentMissing)]
+    assert [e.provider_name for e in missing] == [name]
+    paid = [e for e in seen if isinstance(e, events.InvoiceAccepted)]
+    assert {e.provider_name for e in paid} == {f"devnet-{state.providers[1].name}"}
     assert killed.is_set(), "no task ran on the provider to kill"
     assert len(accepted) == len(tasks) and golem.failed_tasks == []
     (failed,) = [e for e in seen if isinstance(e, events.ActivityFailed)]

@@ -280,7 +280,9 @@ class Backend(Protocol):
         """
         ...
 
-    async def terminate_agreement(self, agreement: Agreement, reason: str) -> None: ...
+    async def terminate_agreement(self, agreement: Agreement, reason: str) -> None:
+        """End the agreement. Raises :class:`~workgen.errors.BackendError` if its provider did
+        not confirm (it may be gone: its invoice is then not to be counted on)."""
 
     # activity
     async def create_activity(self, agreement: Agreement) -> Activity: ...

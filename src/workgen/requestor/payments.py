@@ -36,6 +36,9 @@ class _Entry:
     agreement: Agreement
     reservation: AgreementBudget | None
     ended: bool = False
+    unconfirmed: bool = False
+    """Its provider did not confirm the end (it may be gone): its invoice is paid if it comes,
+    but nothing waits for it."""
     invoice: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -64,7 +67,7 @@ class Payments:
         try:
             waiting = [e for e in self._entries.values() if not e.invoice.done()]
             if waiting:
-                await self._wait_for([e.invoice for e in waiting])
+                await self._wait_for([e.invoice for e in waiting if not e.unconfirmed])
                 for entry in waiting:
                     if not entry.invoice.done():
                         self._emit(events.PaymentMissing(
@@ -91,6 +94,7 @@ class Payments:
         try:
             await self.backend.terminate_agreement(agreement, reason)
         except BackendError as exc:
+            entry.unconfirmed = True
             log.warning("terminating agreement with %s failed: %s", agreement.provider_name, exc)
         self._emit(events.AgreementTerminated(agreement_id=agreement.id,
                                               provider_name=agreement.provider_name,
@@ -99,8 +103,8 @@ class Payments:
     async def invoices_settled(self) -> None:
         """Wait (boundedly) for the invoices of the agreements that have ended: what they did
         not cost goes back to the budget then."""
-        await self._wait_for(
-            [e.invoice for e in self._entries.values() if e.ended and not e.invoice.done()])
+        await self._wait_for([e.invoice for e in self._entries.values()
+                              if e.ended and not e.unconfirmed and not e.invoice.done()])
 
     async def _wait_for(self, invoices: list[asyncio.Future[None]]) -> None:
         """Until the invoices came, the time allowed ran out, or no more can come (the

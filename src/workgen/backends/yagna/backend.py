@@ -579,8 +579,8 @@ class Yagna:
                 await self.api.post(f"/market-api/v1/agreements/{agreement.id}/terminate",
                                     json={"message": reason}, ok=(409, 410))
         except TimeoutError:
-            log.warning("%s did not confirm the end of agreement %s within %gs",
-                        agreement.provider_name, agreement.id, TERMINATE_TIMEOUT)
+            raise BackendError(f"{agreement.provider_name} did not confirm the end of agreement "
+                               f"{agreement.id} within {TERMINATE_TIMEOUT:g}s") from None
 
     # -- activity ---------------------------------------------------------------------------
 
