@@ -25,8 +25,10 @@ from .protocol.exescript import AtEnd, Stream
 from .requestor import events, vm
 from .requestor.context import WorkContext
 from .requestor.display import ProgressDisplay
+from .requestor.cluster import Cluster
 from .requestor.golem import Golem
 from .requestor.script import Result, Script
+from .requestor.service import Service, ServiceSignal, ServiceState
 from .requestor.strategy import (
     DecreaseScoreForUnconfirmedAgreement, LeastExpensiveLinearPayuMS, MarketStrategy,
     ProviderFilter,
@@ -44,6 +46,7 @@ __all__ = [
     "BatchError",
     "BatchTimeoutError",
     "BudgetExhausted",
+    "Cluster",
     "CommandExecutionError",
     "CommandSkipped",
     "DecreaseScoreForUnconfirmedAgreement",
@@ -62,6 +65,9 @@ __all__ = [
     "ProviderFilter",
     "Result",
     "Script",
+    "Service",
+    "ServiceSignal",
+    "ServiceState",
     "Stream",
     "Task",
     "TaskStatus",

@@ -15,6 +15,15 @@ from workgen.backends.yagna.api import ApiError, YagnaApi
 from workgen.errors import BackendUnavailable
 
 
+def _reply(handler: http.server.BaseHTTPRequestHandler, status: int, doc: Any) -> None:
+    body = b"" if doc is None else json.dumps(doc).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class Flaky(http.server.BaseHTTPRequestHandler):
     """Answers 503 to the first ``failures`` requests of each path, then 200."""
 
@@ -36,12 +45,7 @@ class Flaky(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"busy")
             return
-        body = json.dumps({"path": self.path, "tries": count + 1}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _reply(self, 200, {"path": self.path, "tries": count + 1})
 
     do_GET = _answer
     do_POST = _answer
@@ -101,12 +105,7 @@ class Answers(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         self.seen[path] = self.seen.get(path, 0) + 1
         status = int(path.split("/")[1])
-        body = b"" if status == 204 else json.dumps({"status": status}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _reply(self, status, None if status == 204 else {"status": status})
 
     do_GET = _answer
     do_POST = _answer

@@ -113,7 +113,8 @@ async def test_the_allocation_is_renewed_during_a_long_job(test_devnet: Devnet) 
     async with Golem(budget=1, backend=yagna, event_consumer=rec) as g:
         done = await collect(g, worker, ["x"])
         assert len(done) == 1, [(t, t.reason) for t in g.failed_tasks]
-        allocation = g._allocation
+        assert g.payments is not None
+        allocation = g.payments.allocation
         assert allocation is not None
         doc = await yagna.api.get(f"/payment-api/v1/allocations/{allocation.id}")
     assert len(rec.of(events.DebitNoteAccepted)) >= 3

@@ -4,14 +4,13 @@ strategy that make no sense. On the local network (the checks are the requestor'
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from workgen import Golem, Task, WorkContext, events, vm
+from workgen import Golem, Task, WorkContext, vm
 from workgen.backends.local import LocalNetwork
 
 
@@ -121,24 +120,3 @@ def test_an_invoice_timeout_that_makes_no_sense_is_refused(value: Any) -> None:
     with pytest.raises(ValueError, match="invoice_timeout"):
         Golem(budget=1, invoice_timeout=value)
 
-
-async def test_start_and_stop_may_be_awaited_from_different_tasks() -> None:
-    async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
-        async for task in tasks:
-            script = context.new_script()
-            out = script.run("/bin/echo", str(task.data))
-            yield script
-            task.accept_result((await out).stdout.strip())
-
-    seen: list[Any] = []
-    g = Golem(budget=1, backend=LocalNetwork(1), event_consumer=seen.append)
-    await asyncio.create_task(g.start())
-
-    async def job() -> list[Any]:
-        return [t.result async for t in g.execute_tasks(worker, [Task(7)],
-                                                        payload=await vm.repo())]
-
-    assert await asyncio.create_task(job()) == ["7"]
-    await asyncio.create_task(g.stop())
-    assert any(isinstance(e, events.InvoiceAccepted) for e in seen)
-    assert isinstance(seen[-1], events.GolemStopped)

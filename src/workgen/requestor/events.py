@@ -203,6 +203,22 @@ class TaskFailed(Event):
     attempts: int
 
 
+# -- services ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceStateChanged(Event):
+    """A service instance moved to ``state`` (a :class:`~workgen.ServiceState` value)."""
+
+    cluster_id: str
+    instance_id: str
+    service: str
+    """The service's class name."""
+    state: str
+    provider_name: str | None = None
+    reason: str | None = None
+    """Why, when the move was not the normal course (a failure, a stop, the budget)."""
+
+
 # -- payment -------------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)

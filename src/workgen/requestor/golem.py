@@ -15,28 +15,34 @@ import math
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from datetime import timedelta
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..backends.base import Allocation, Backend, Demand
 from ..protocol.properties import NODE_DEBUG_SUBNET, NODE_ID_NAME, SRV_COMP_EXPIRATION
 from ..protocol.results import utc_now
 from . import events
 from .budget import Budget
+from .cluster import Cluster
 from .job import Job, Worker
 from .payments import Payments
 from .payload import VmPayload
+from .service import Service
 from .strategy import MarketStrategy, default_strategy
 from .task import Task
 
 log = logging.getLogger(__name__)
 
+S = TypeVar("S", bound=Service)
+
 DEFAULT_MAX_WORKERS = 10
 DEFAULT_MAX_RETRIES = 3
 DEMAND_VALIDITY = timedelta(minutes=30)
+SERVICE_EXPIRATION = timedelta(hours=3)
+"""How long a service's agreements may last unless ``run_service(expiration=...)`` says."""
 
 
 def _backend_from_env() -> Backend:
@@ -92,6 +98,7 @@ class Golem:
         self.payments: Payments | None = None
         """The agreement book and its payments, once started."""
         self._jobs: set[Job] = set()
+        self._clusters: list[Cluster[Any]] = []
         self.failed_tasks: list[Task[Any, Any]] = []
         """Tasks that failed for good or were rejected without retry, over all jobs."""
         self._state = "new"
@@ -160,6 +167,11 @@ class Golem:
             return
         self._state = "stopping"
         try:
+            for cluster in self._clusters:
+                # Every instance's shutdown runs (bounded), all clusters at once.
+                cluster.stop()
+            for cluster in self._clusters:
+                await cluster.stop()
             for job in list(self._jobs):
                 await job.cancel()
         finally:
@@ -222,6 +234,55 @@ class Golem:
             self.failed_tasks.extend(job.failed)
             self._jobs.discard(job)
 
+    # -- services ----------------------------------------------------------------------------
+
+    async def run_service(
+        self,
+        service_class: type[S],
+        num_instances: int | None = None,
+        instance_params: Iterable[Mapping[str, Any]] | None = None,
+        payload: VmPayload | None = None,
+        expiration: datetime | None = None,
+        respawn_unstarted_instances: bool = True,
+    ) -> Cluster[S]:
+        """Start instances of ``service_class`` (a :class:`Service` subclass) and return their
+        :class:`Cluster` at once; instances go on in the background until stopped.
+
+        ``num_instances`` (default one, or one per ``instance_params`` element), each made with
+        its element of ``instance_params`` as keyword arguments. ``payload`` overrides the
+        class's ``get_payload()``. Agreements last until ``expiration`` (default three hours
+        from now). An instance whose start fails is tried on another provider unless
+        ``respawn_unstarted_instances`` is false.
+        """
+        if self._state != "running" or self.payments is None:
+            raise RuntimeError("start the Golem first: 'async with Golem(...) as golem:'")
+        if not (isinstance(service_class, type) and issubclass(service_class, Service)):
+            raise TypeError(f"run_service needs a Service subclass, got {service_class!r}")
+        payload = payload or await service_class.get_payload()
+        if payload is None:
+            raise ValueError(f"{service_class.__name__} has no payload: define its "
+                             "get_payload() or pass payload=vm.repo(...)")
+        now = utc_now()
+        if expiration is None:
+            expiration = now + SERVICE_EXPIRATION
+        elif not isinstance(expiration, datetime) or expiration.tzinfo is None \
+                or expiration <= now:
+            raise ValueError(f"expiration must be a timezone-aware datetime in the future, "
+                             f"got {expiration!r}")
+        assert self.payments.allocation is not None
+        demand = await compose_demand(self.backend, self.payments.allocation, payload,
+                                      subnet=self.subnet_tag, strategy=self.strategy,
+                                      expiration=expiration)
+        cluster = Cluster(service_class=service_class, payload=payload, demand=demand,
+                          expiration=expiration, backend=self.backend, payments=self.payments,
+                          strategy=self.strategy, emit=self._emit,
+                          stream_output=self.stream_output,
+                          respawn_unstarted_instances=respawn_unstarted_instances)
+        await cluster._open()
+        self._clusters.append(cluster)
+        cluster.spawn_instances(num_instances, instance_params)
+        return cluster
+
     async def _demand_for(self, payload: VmPayload) -> Demand:
         assert self.payments is not None and self.payments.allocation is not None
         return await compose_demand(self.backend, self.payments.allocation, payload,
@@ -229,14 +290,15 @@ class Golem:
 
 
 async def compose_demand(backend: Backend, allocation: Allocation, payload: VmPayload, *,
-                         subnet: str, strategy: MarketStrategy) -> Demand:
+                         subnet: str, strategy: MarketStrategy,
+                         expiration: datetime | None = None) -> Demand:
     """The demand a requestor publishes for ``payload``: the payload's properties and
-    constraints, an expiration, the subnet, the backend's payment decoration for
-    ``allocation`` and what the strategy adds."""
+    constraints, an expiration (by default :data:`DEMAND_VALIDITY` from now), the subnet, the
+    backend's payment decoration for ``allocation`` and what the strategy adds."""
     if not hasattr(payload, "properties") or not hasattr(payload, "constraints"):
         raise TypeError(f"payload must come from vm.repo(...), got {payload!r}")
     properties: dict[str, object] = dict(payload.properties())
-    expiration = utc_now() + DEMAND_VALIDITY
+    expiration = expiration or utc_now() + DEMAND_VALIDITY
     properties[SRV_COMP_EXPIRATION] = int(expiration.timestamp() * 1000)
     properties[NODE_DEBUG_SUBNET] = subnet
     properties.setdefault(NODE_ID_NAME, "workgen-requestor")

@@ -26,7 +26,7 @@ from .._aio import task_scope
 from ..backends.base import Activity, Agreement, Backend, Demand, Proposal
 from ..protocol.pricing import LinearPricing
 from ..errors import (
-    ActivityError, BatchError, BudgetExhausted, JobTimeoutError, NoProvidersError, WorkgenError,
+    BudgetExhausted, JobTimeoutError, NoProvidersError, WorkgenError,
 )
 from . import events
 from .budget import AgreementBudget
@@ -34,8 +34,8 @@ from .context import WorkContext
 from .market import Market, open_market
 from .payments import Payments
 from .queue import TaskQueue
-from .runner import ScriptRunner
-from .script import Result, Script
+from .runner import ScriptRunner, drive
+from .script import Script
 from .strategy import MarketStrategy
 from .task import Task, TaskStatus
 
@@ -317,31 +317,7 @@ class Job:
                 f"the worker {self._worker!r} returned {gen!r}, not an async generator: a "
                 "worker is an async generator function that yields scripts"))
         try:
-            async with task_scope() as tg:
-                send: Any = None
-                throw: BaseException | None = None
-                while True:
-                    try:
-                        item = await (gen.athrow(throw) if throw is not None else gen.asend(send))
-                    except StopAsyncIteration:
-                        break
-                    send, throw = None, None
-                    if not isinstance(item, Script):
-                        raise TypeError(f"the worker yielded {item!r}; yield Script objects "
-                                        "made by context.new_script()")
-                    if item.sent:
-                        # Raised where the worker yielded it, so it can tell which one.
-                        throw = RuntimeError(
-                            f"{item!r} was already sent: a script runs once; make a new one "
-                            "with context.new_script()")
-                        continue
-                    if item.wait_for_results:
-                        try:
-                            send = _completed(await runner.run(item))
-                        except (BatchError, ActivityError) as exc:
-                            throw = exc
-                    else:
-                        send = tg.create_task(runner.run(item))
+            await drive(gen, runner, "the worker")
         except Exception as exc:
             for task in held:
                 if task.status is TaskStatus.RUNNING:
@@ -460,12 +436,6 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if not isinstance(exc, asyncio.CancelledError):
             return exc
     return group
-
-
-def _completed(results: list[Result]) -> asyncio.Future[list[Result]]:
-    future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
-    future.set_result(results)
-    return future
 
 
 def _loop_time(deadline: float | None) -> float | None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
 from ..backends.base import Activity, Agreement, Backend
+from .._aio import task_scope
 from ..errors import (
-    ActivityClosed, ActivityLost, BatchError, BatchTimeoutError, CommandExecutionError,
+    ActivityClosed, ActivityError, ActivityLost, BatchError, BatchTimeoutError, CommandExecutionError,
     CommandSkipped, WorkgenError,
 )
 from ..protocol.exescript import Run, Stream
@@ -157,6 +158,50 @@ class ScriptRunner:
             raise ActivityLost(f"the batch on {self.provider_name} ended after "
                                f"{len(raw)} of {len(steps)} commands", activity_id=self.id)
         return results
+
+
+async def drive(gen: AsyncGenerator[Any, Any], runner: ScriptRunner, who: str,
+                allow_empty: bool = False) -> None:
+    """Run a work generator (a worker, a service's handler) to its end.
+
+    Each script it yields runs on the runner's activity; the ``yield`` gives back an awaitable
+    of the script's results, or raises the script's failure where it was yielded (so the
+    generator may catch it). A script yielded with ``wait_for_results=False`` runs while the
+    generator goes on. ``allow_empty``: a bare ``yield`` (``None``) is allowed and ignored, as
+    in a service handler that has nothing to send yet.
+    """
+    async with task_scope() as tg:
+        send: Any = None
+        throw: BaseException | None = None
+        while True:
+            try:
+                item = await (gen.athrow(throw) if throw is not None else gen.asend(send))
+            except StopAsyncIteration:
+                return
+            send, throw = None, None
+            if item is None and allow_empty:
+                continue
+            if not isinstance(item, Script):
+                raise TypeError(f"{who} yielded {item!r}; yield Script objects made by "
+                                "context.new_script()")
+            if item.sent:
+                # Raised where it was yielded, so the generator can tell which one.
+                throw = RuntimeError(f"{item!r} was already sent: a script runs once; make a "
+                                     "new one with context.new_script()")
+                continue
+            if item.wait_for_results:
+                try:
+                    send = _completed(await runner.run(item))
+                except (BatchError, ActivityError) as exc:
+                    throw = exc
+            else:
+                send = tg.create_task(runner.run(item))
+
+
+def _completed(results: list[Result]) -> asyncio.Future[list[Result]]:
+    future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+    future.set_result(results)
+    return future
 
 
 async def _nothing() -> AsyncIterator[RuntimeEvent]:
