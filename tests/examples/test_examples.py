@@ -112,3 +112,75 @@ def test_ctrl_c_ends_a_run_within_seconds_and_settles_payments(tmp_path: Path) -
     assert "accepted" in summary
     assert re.search(r"cost: [0-9.]+ \(2 invoices\)", summary), summary
     assert "unpaid" not in summary
+
+
+@pytest.mark.parametrize("where", BACKENDS, indirect=True)
+def test_service_http_example_talks_to_a_server_inside_its_instance(
+        tmp_path: Path, where: dict[str, object]) -> None:
+    done = run_example(str(EXAMPLES / "service_http.py"), cwd=tmp_path, **where)  # type: ignore[arg-type]
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "GET / -> 200 hello from the instance" in lines
+    assert "GET /missing -> 404 File not found" in lines
+    assert "the server answered 3 requests" in lines
+    assert lines[-1].startswith("instance terminated on ")
+    assert "1 service instance" in done.stderr and "(1 invoice)" in done.stderr
+
+
+@pytest.mark.parametrize("where", BACKENDS, indirect=True)
+def test_service_cluster_example_counts_words_across_its_instances(
+        tmp_path: Path, where: dict[str, object]) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(f"line {i} of some words here" for i in range(100)) + "\n")
+    done = run_example(str(EXAMPLES / "service_cluster.py"), str(text), "--instances", "2",
+                       cwd=tmp_path, **where)  # type: ignore[arg-type]
+    assert done.returncode == 0, done.stderr
+    assert f"{len(text.read_text().split())} words in 5 chunks" in done.stdout.splitlines()
+    assert done.stdout.count(" ran on ") == 2
+    assert "2 service instances" in done.stderr and "(2 invoices)" in done.stderr
+
+
+CTRL_C_SERVICE = """
+import asyncio
+from workgen import Golem, LocalNetwork, Service, vm
+
+class Loop(Service):
+    @staticmethod
+    async def get_payload():
+        return await vm.repo()
+
+    async def start(self):
+        async for script in super().start():
+            yield script
+        script = self._ctx.new_script()
+        script.run("/bin/sh", "-c", "while true; do sleep 0.1; done &")
+        yield script
+        print("running", flush=True)
+
+async def main():
+    async with Golem(budget=1, backend=LocalNetwork(providers=2)) as golem:
+        await golem.run_service(Loop, num_instances=2)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_ctrl_c_ends_a_service_run_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_SERVICE], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "running\n"
+        assert proc.stdout.readline() == "running\n"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "KeyboardInterrupt" in stderr
+    summary = stderr[stderr.index("workgen:"):]
+    assert "2 service instances" in summary and "2 terminated" in summary, summary
+    assert re.search(r"cost: [0-9.]+ \(2 invoices\)", summary), summary
+    assert "unpaid" not in summary

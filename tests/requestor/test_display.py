@@ -396,3 +396,29 @@ def test_log_events_logs_each_event_at_debug(caplog: pytest.LogCaptureFixture) -
     [record] = caplog.records
     assert (record.name, record.levelno) == ("workgen.events", logging.DEBUG)
     assert record.getMessage() == repr(event)
+
+
+def test_service_instances_are_summarised_with_their_states_and_failures() -> None:
+    from workgen.requestor.events import ServiceStateChanged
+
+    summary = RunSummary()
+
+    def state(instance: str, value: str, provider: str | None = None,
+              reason: str | None = None) -> None:
+        summary(ServiceStateChanged(cluster_id="c", instance_id=instance, service="Web",
+                                    state=value, provider_name=provider, reason=reason))
+
+    for instance, provider in (("1", "p0"), ("2", "p1")):
+        state(instance, "pending")
+        state(instance, "starting", provider)
+        state(instance, "running", provider)
+    state("1", "stopping", "p0", "stopped by the requestor")
+    state("1", "terminated", "p0", "stopped by the requestor")
+    state("2", "unresponsive", "p1", "activity a2 broke")
+    text = summary.render()
+    head, *rest = text.splitlines()
+    assert head.startswith("workgen: 2 service instances in ")
+    assert head.endswith(": 1 terminated, 1 unresponsive")
+    assert "  p0  1 service instance" in rest
+    assert any("service instance 2 (Web) on p1: unresponsive, activity a2 broke" in line
+               for line in rest)

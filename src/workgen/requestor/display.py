@@ -25,7 +25,8 @@ from .events import (
     ActivityCreated, ActivityDestroyed, ActivityFailed, AgreementCreated, AgreementRejected,
     CommandOutput, DebitNoteAccepted, DebitNoteRejected, Event, GolemStarted, GolemStopped,
     InvoiceAccepted, InvoiceRejected, JobFinished, JobStarted, PaymentMissing, ScriptFinished,
-    ScriptSent, TaskAccepted, TaskFailed, TaskRejected, TaskRetried, TaskStarted,
+    ScriptSent, ServiceStateChanged, TaskAccepted, TaskFailed, TaskRejected, TaskRetried,
+    TaskStarted,
 )
 
 __all__ = ["ProgressDisplay", "RunSummary", "log_events"]
@@ -117,6 +118,9 @@ class RunSummary:
         self.invoices: list[InvoiceAccepted] = []
         self.invoices_rejected: list[InvoiceRejected] = []
         self.payments_missing: list[PaymentMissing] = []
+        self.services: dict[tuple[str, str], ServiceStateChanged] = {}
+        """(cluster, instance) -> the instance's latest state change."""
+        self.service_failures: list[ServiceStateChanged] = []
         self._tasks: dict[tuple[str, str], _Task] = {}  # task ids are unique per job
         self._open_jobs: list[str] = []
         self._expected: dict[str, int] = {}
@@ -186,6 +190,10 @@ class RunSummary:
                 self.invoices_rejected.append(event)
             case PaymentMissing():
                 self.payments_missing.append(event)
+            case ServiceStateChanged():
+                self.services[(event.cluster_id, event.instance_id)] = event
+                if _service_failed(event):
+                    self.service_failures.append(event)
 
     def _finish_task(self, job_id: str, task_id: str, outcome: str) -> bool:
         task = self._tasks.setdefault((job_id, task_id), _Task())
@@ -210,8 +218,10 @@ class RunSummary:
 
     @property
     def providers(self) -> list[str]:
-        """Providers we had an agreement with or that delivered a task, sorted by name."""
-        return sorted(set(self.agreements.values()) | set(self.accepted_by_provider))
+        """Providers we had an agreement with, that delivered a task or ran a service
+        instance, sorted by name."""
+        return sorted(set(self.agreements.values()) | set(self.accepted_by_provider)
+                      | {e.provider_name for e in self.services.values() if e.provider_name})
 
     @property
     def total_cost(self) -> Decimal:
@@ -269,12 +279,22 @@ class RunSummary:
         """A compact multi-line end-of-run report; every failure is listed or counted."""
         total, accepted, failed = self.tasks_total, self.tasks_accepted, len(self.failed_tasks)
         head = f"workgen: {_plural(total, 'task') if total else 'no tasks'}"
+        if self.services:
+            head = (f"workgen: {_plural(total, 'task')} and "
+                    if total else "workgen: ") + _plural(len(self.services), "service instance")
         head += f" in {_duration(self.elapsed)}"
         if total:
             head += f": {accepted} accepted, {failed} failed"
             if unfinished := total - accepted - failed:
                 head += f", {unfinished} unfinished"
+        if self.services:
+            states = Counter(e.state for e in self.services.values())
+            head += ("; " if total else ": ") + ", ".join(
+                f"{n} {state}" for state, n in sorted(states.items()))
         lines = [head, *self._provider_lines(), *self._failure_lines()]
+        lines += [f"  service instance {e.instance_id} ({e.service}) on "
+                  f"{e.provider_name or 'no provider'}: {e.state}, {_one_line(e.reason)}"
+                  for e in self.service_failures[:_MAX_LISTED]]
         lines += [f"  job {job} ended early: {_one_line(error)}"
                   for job, error in self.jobs.items() if error]
         if self.rejected_results or self.retries:
@@ -289,7 +309,11 @@ class RunSummary:
         names = sorted(self.providers, key=lambda n: (-count[n], n))
         listed, rest = names[:_MAX_LISTED], names[_MAX_LISTED:]
         width = max(map(len, listed), default=0)
-        lines = [f"  {n:<{width}}  {_plural(count[n], 'task')}" for n in listed]
+        instances = Counter(e.provider_name for e in self.services.values() if e.provider_name)
+        lines = [f"  {n:<{width}}  " + ", ".join(
+            [_plural(count[n], "task")] * (count[n] > 0 or not instances[n])
+            + [_plural(instances[n], "service instance")] * (instances[n] > 0))
+            for n in listed]
         if rest:
             tasks = sum(count[n] for n in rest)
             lines.append(f"  ... and {len(rest)} more providers ({_plural(tasks, 'task')})")
@@ -356,11 +380,23 @@ def _notable(event: Event) -> tuple[int, str] | None:
         case PaymentMissing():
             return logging.WARNING, (f"no invoice from {event.provider_name} for agreement "
                                      f"{event.agreement_id}")
+        case ServiceStateChanged() if _service_failed(event):
+            return logging.WARNING, (f"service instance {event.instance_id} ({event.service}) "
+                                     f"on {event.provider_name}: {event.state}, "
+                                     f"{event.reason}")
+        case ServiceStateChanged(state="running"):
+            return logging.INFO, (f"service instance {event.instance_id} ({event.service}) "
+                                  f"running on {event.provider_name}")
         case JobFinished(error=None):
             return logging.INFO, f"job {event.job_id} finished"
         case JobFinished():
             return logging.WARNING, f"job {event.job_id} ended early: {event.error}"
     return None
+
+
+def _service_failed(event: ServiceStateChanged) -> bool:
+    return event.state == "unresponsive" or (event.reason or "").startswith(
+        ("failed", "trying another provider"))
 
 
 def _isatty(stream: TextIO) -> bool:
