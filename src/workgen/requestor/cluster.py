@@ -171,9 +171,10 @@ class _Instance:
         """start, run, shutdown; the reason the agreement ends with."""
         service = self.service
         self.set_state(ServiceState.starting)
+        start = self._call(service.start)  # a handler that is no generator is not retried
         try:
             async with _budget_deadline(reservation):
-                await self._until_stopped(self._call(service.start), runner)
+                await self._until_stopped(start, runner)
         except (_Stop, _OutOfBudget) as why:
             service.started_successfully = False
             self.set_state(ServiceState.terminated, str(why))
@@ -200,12 +201,13 @@ class _Instance:
             reason = f"failed: {_short(exc)}"
             log.warning("service instance %s failed while running: %s", service.id, exc)
         self.set_state(ServiceState.stopping, reason)
+        bound = self.cluster.shutdown_timeout
         try:
-            async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+            async with asyncio.timeout(bound):
                 await drive(self._call(service.shutdown), runner, "the shutdown handler",
                             allow_empty=True)
         except TimeoutError:
-            reason += f"; its shutdown handler ran past {SHUTDOWN_TIMEOUT:g}s"
+            reason += f"; its shutdown handler ran past {bound:g}s"
         except Exception as exc:
             log.warning("shutdown of service instance %s failed: %s", service.id, exc)
         self.set_state(ServiceState.terminated, reason)
@@ -214,6 +216,8 @@ class _Instance:
     def _call(self, handler: Callable[[], Handler]) -> Handler:
         gen = handler()
         if not hasattr(gen, "asend"):
+            if asyncio.iscoroutine(gen):
+                gen.close()  # never to be awaited
             raise TypeError(f"{type(self.service).__name__}.{handler.__name__} must be an "
                             "async generator (an 'async def' that yields scripts)")
         return gen
@@ -228,12 +232,14 @@ class _Instance:
         finally:
             stop.cancel()
             if not work.done():
+                # Stopped, or cancelled from outside (the budget's deadline): end the handler.
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
                 with contextlib.suppress(Exception):
                     await gen.aclose()
-                raise _Stop("stopped by the requestor")
+        if not work.done() or work.cancelled():
+            raise _Stop("stopped by the requestor")
         work.result()
 
 
@@ -314,6 +320,8 @@ class Cluster(Generic[S]):
         self._money = asyncio.Condition()
         self._closed = False
         self._closing: asyncio.Task[None] | None = None
+        self.shutdown_timeout = SHUTDOWN_TIMEOUT
+        """How long an instance's ``shutdown`` handler may run (seconds)."""
 
     def __repr__(self) -> str:
         return (f"<Cluster {self.id}: {len(self._instances)} x "

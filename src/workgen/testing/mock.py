@@ -557,6 +557,7 @@ class MockBackend:
                 for key, value in state.usage().items():
                     usage[key] += value
         pricing = agreement.pricing
+        usage = {counter: usage.get(counter, 0.0) for counter in pricing.usage_vector}
         return (pricing.price_for(usage),
                 tuple(usage.get(counter, 0.0) for counter in pricing.usage_vector))
 
