@@ -51,11 +51,12 @@ def chunks(text: str, lines_per_chunk: int = 20) -> list[str]:
 
 async def started(cluster, timeout: float) -> list[WordCounter]:
     """The instances running once none is still on its way (or the time is up)."""
-    on_the_way = (ServiceState.pending, ServiceState.starting)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while any(c.state in on_the_way for c in cluster) and loop.time() < deadline:
-        await asyncio.sleep(0.1)
+    settled = (ServiceState.running, ServiceState.terminated, ServiceState.unresponsive)
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(counter.wait_for(*settled) for counter in cluster))
+    except TimeoutError:
+        pass  # some are still waiting for a free provider: work with those that run
     for counter in cluster:
         if counter.state is not ServiceState.running:
             print(f"{counter.name} is {counter.state.value}: no provider took it in time",

@@ -59,9 +59,7 @@ class Ticker(Service):
             yield script
 
 
-async def _until(condition: Any, what: str) -> None:
-    while not condition():  # noqa: ASYNC110 (instances change state in their own tasks)
-        await asyncio.sleep(0.05)
+ENDED = (ServiceState.terminated, ServiceState.unresponsive)
 
 
 def _paid_every_agreement(rec: Recorder) -> None:
@@ -151,7 +149,7 @@ async def test_an_instance_that_fails_to_start_is_respawned_on_another_provider(
     async with net.golem(rec) as golem:
         cluster = await golem.run_service(FailsFirstStart)
         (instance,) = cluster.instances
-        await _until(lambda: instance.state is ServiceState.running, "running")
+        await instance.wait_for(ServiceState.running)
         assert len(FailsFirstStart.tried) == 2 and FailsFirstStart.tried[0] != \
             FailsFirstStart.tried[1]
         assert FailsFirstStart.resets == 1 and instance.started_successfully
@@ -169,7 +167,7 @@ async def test_without_respawn_a_failed_start_is_final(net: Network) -> None:
     async with net.golem(Recorder()) as golem:
         cluster = await golem.run_service(FailsFirstStart, respawn_unstarted_instances=False)
         (instance,) = cluster.instances
-        await _until(lambda: instance.state is ServiceState.terminated, "terminated")
+        await instance.wait_for(ServiceState.terminated)
         await cluster.stop()
     assert len(FailsFirstStart.tried) == 1 and FailsFirstStart.resets == 0
     assert not instance.started_successfully and instance.exc_info is not None
@@ -185,7 +183,7 @@ async def test_a_running_instance_whose_sandbox_dies_is_reported_and_ended(
         await other.read.wait()
         assert victim.ctx is not None and victim.provider_name is not None
         net.kill_sandbox(victim.ctx.id, victim.provider_name)
-        await _until(lambda: not victim.is_available, "the victim ends")
+        await victim.wait_for(*ENDED)
         assert other.state is ServiceState.running  # the other one is not touched
         await cluster.stop()
     assert victim.state in (ServiceState.unresponsive, ServiceState.terminated)
@@ -214,6 +212,9 @@ def _local() -> Any:
 async def test_an_instance_outliving_the_debit_note_interval_has_its_notes_accepted(
         net: Network) -> None:
     rec = Recorder()
+    three_notes = asyncio.Event()
+    rec.on_event.append(lambda e: len(rec.of(events.DebitNoteAccepted)) >= 3
+                        and three_notes.set())
     # Debit notes every second: the devnet's providers send them so, and so does this network.
     golem = (Golem(budget=1, backend=LocalNetwork(1, debit_note_interval=1.0),
                    event_consumer=rec) if net.kind == "local" else net.golem(rec, providers=1))
@@ -221,7 +222,7 @@ async def test_an_instance_outliving_the_debit_note_interval_has_its_notes_accep
         cluster = await golem.run_service(Ticker)
         (instance,) = cluster.instances
         await instance.read.wait()
-        await _until(lambda: len(rec.of(events.DebitNoteAccepted)) >= 3, "three notes")
+        await three_notes.wait()
         await cluster.stop()
     assert not rec.of(events.DebitNoteRejected)
     _paid_every_agreement(rec)

@@ -21,8 +21,7 @@ class Idle(Service):
 
 
 async def _ended(instance: Service) -> None:
-    while instance.is_available or instance.state is ServiceState.pending:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
+    await instance.wait_for(ServiceState.terminated, ServiceState.unresponsive)
 
 
 async def test_an_instance_the_budget_cannot_pay_for_any_longer_is_stopped_with_a_reason(
@@ -55,8 +54,7 @@ async def test_a_shutdown_handler_is_held_to_its_bound() -> None:
         cluster = await golem.run_service(SlowShutdown)
         cluster.shutdown_timeout = 0.1
         (instance,) = cluster.instances
-        while instance.state is not ServiceState.running:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+        await instance.wait_for(ServiceState.running)
         await cluster.stop()
     assert instance.state is ServiceState.terminated
     (ended,) = [e for e in seen if isinstance(e, events.AgreementTerminated)]
@@ -69,8 +67,7 @@ async def test_stopping_an_instance_waiting_for_a_provider_ends_it_without_an_ag
     async with Golem(budget=1, backend=MockBackend(1), event_consumer=seen.append) as golem:
         cluster = await golem.run_service(Idle, num_instances=2)
         first, second = cluster.instances
-        while first.state is not ServiceState.running:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+        assert await first.wait_for(ServiceState.running) is ServiceState.running
         assert second.state is ServiceState.pending  # one provider, taken
         cluster.stop_instance(second)
         async with asyncio.timeout(5):

@@ -66,7 +66,7 @@ class _Instance:
         service = self.service
         if service._state is state:
             return
-        service._state = state
+        service._set_state(state)
         self.cluster._emit(events.ServiceStateChanged(
             cluster_id=self.cluster.id, instance_id=service.id,
             service=type(service).__name__, state=state.value,

@@ -79,6 +79,7 @@ class Service:
         self._cluster: Cluster[Any] | None = None
         self._inbox: asyncio.Queue[ServiceSignal] = asyncio.Queue()
         self._outbox: asyncio.Queue[ServiceSignal] = asyncio.Queue()
+        self._watchers: list[tuple[frozenset[ServiceState], asyncio.Future[ServiceState]]] = []
         self.exc_info: BaseException | None = None
         """What ended the instance (or its last failed start), if something failed."""
         self.started_successfully = False
@@ -113,6 +114,24 @@ class Service:
     @property
     def state(self) -> ServiceState:
         return self._state
+
+    async def wait_for(self, *states: ServiceState) -> ServiceState:
+        """Wait until the instance is in one of ``states``; returns that state."""
+        if self._state in states:
+            return self._state
+        future: asyncio.Future[ServiceState] = asyncio.get_running_loop().create_future()
+        watcher = (frozenset(states), future)
+        self._watchers.append(watcher)
+        try:
+            return await future
+        finally:
+            self._watchers.remove(watcher)
+
+    def _set_state(self, state: ServiceState) -> None:
+        self._state = state
+        for states, future in self._watchers:
+            if state in states and not future.done():
+                future.set_result(state)
 
     @property
     def is_available(self) -> bool:
