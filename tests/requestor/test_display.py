@@ -422,3 +422,17 @@ def test_service_instances_are_summarised_with_their_states_and_failures() -> No
     assert "  p0  1 service instance" in rest
     assert any("service instance 2 (Web) on p1: unresponsive, activity a2 broke" in line
                for line in rest)
+
+
+def test_live_status_line_shows_service_instances_by_state() -> None:
+    from workgen.requestor.events import ServiceStateChanged
+
+    stream = io.StringIO()
+    progress = ProgressDisplay(stream, live=True)
+    for instance, state in (("1", "pending"), ("2", "pending"), ("1", "starting"),
+                            ("1", "running")):
+        progress(ServiceStateChanged(cluster_id="c", instance_id=instance, service="Web",
+                                     state=state, provider_name="p0"))
+        progress._last_draw = 0.0  # every change drawn, whatever the clock says
+    last = stream.getvalue().rsplit("\r\x1b[2K", 1)[1]
+    assert last.startswith("[workgen] services: 1 pending, 1 running · 1 provider")

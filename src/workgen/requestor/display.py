@@ -512,6 +512,14 @@ class ProgressDisplay:
                                              else f"{done} done")]
         if failed := len(s.failed_tasks):
             parts.append(f"{failed} failed")
+        if s.services:
+            states = Counter(e.state for e in s.services.values())
+            services = "services: " + ", ".join(f"{n} {state}"
+                                                 for state, n in sorted(states.items()))
+            if job is None:
+                parts = [f"[workgen] {services}"]
+            else:
+                parts.append(services)
         parts += [_plural(len(s.providers), "provider"), f"cost {_money(s.running_cost)}",
                   _duration(now - (self._clock_start or now))]
         line = self._sep.join(parts)[: self._width() - 1]
