@@ -20,7 +20,9 @@ from workgen.protocol.exescript import (
     AtEnd, BatchFormatError, Capture, Deploy, Run, Start, Stream, Terminate, Transfer,
 )
 from workgen.protocol.results import CommandOutcome, CommandResult, Finished, Started, StdErr, StdOut
-from workgen.provider.exeunit.unit import ActivityState, ExeUnit, ExeUnitConfig, UnknownBatch
+from workgen.provider.exeunit.unit import (
+    KEEP_FINISHED, ActivityState, ExeUnit, ExeUnitConfig, UnknownBatch,
+)
 from workgen.provider.runtime.sandbox import Resources
 
 STR = Capture(stdout=AtEnd(format="str"), stderr=AtEnd(format="str"))
@@ -127,6 +129,25 @@ async def test_unknown_batch_is_reported(tmp_path: Path) -> None:
     async with ExeUnit(config=ExeUnitConfig()) as unit:
         with pytest.raises(UnknownBatch):
             await unit.results("nope")
+
+
+async def test_finished_batches_are_kept_within_bounds_and_a_released_one_says_so(
+        tmp_path: Path) -> None:
+    async with ready_unit(tmp_path) as unit:
+        ids = []
+        for _ in range(KEEP_FINISHED + 5):
+            batch_id = unit.exec([sh("true")])
+            await unit.batch(batch_id).finished.wait()
+            ids.append(batch_id)
+        # The newest finished ones answer; the oldest were let go when new ones came.
+        assert unit.kept_batches <= KEEP_FINISHED + 1
+        assert [r.result for r in await unit.results(ids[-1])] == ["Ok"]
+        with pytest.raises(UnknownBatch, match="no longer kept"):
+            await unit.results(ids[0])
+        with pytest.raises(UnknownBatch, match="^no batch"):
+            await unit.results("never-existed")
+        with pytest.raises(Exception, match="already exists"):
+            unit.exec([sh("true")], batch_id=ids[0])  # a released id is not reused
 
 
 # -- capture modes -------------------------------------------------------------------------

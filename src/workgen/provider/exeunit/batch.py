@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -77,6 +78,8 @@ class Batch:
         self.finished = asyncio.Event()
         self.cancel_requested = False
         self.task: asyncio.Task[None] | None = None
+        self.finished_at: float | None = None
+        """``time.monotonic()`` when its last result came."""
         self._changed = asyncio.Condition()
         self._subscriptions: set[EventSubscription] = set()
         self._history: list[RuntimeEvent] = []
@@ -98,6 +101,7 @@ class Batch:
         self.results.append(result)
         if result.is_batch_finished:
             self.current = None
+            self.finished_at = time.monotonic()
             self.finished.set()
             for sub in list(self._subscriptions):
                 if not sub._ended:

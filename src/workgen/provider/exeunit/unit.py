@@ -15,6 +15,7 @@ A command given in the wrong state fails with a clear message and leaves the act
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
@@ -62,6 +63,14 @@ class ActivityState(enum.Enum):
 
 class ExeUnitError(Exception):
     """A request the execution unit cannot serve (unknown batch, terminated activity)."""
+
+
+KEEP_FINISHED = 32
+"""Finished batches an activity keeps for their results."""
+KEEP_FINISHED_SEC = 600.0
+"""How long it keeps a finished batch at most."""
+RELEASED_IDS = 4096
+"""Ids of released batches remembered, to tell "no longer kept" from "never existed"."""
 
 
 class UnknownBatch(ExeUnitError):
@@ -117,6 +126,10 @@ class ExeUnit:
         self.on_state: Callable[[ActivityState], None] | None = None
         """Called on every state change (the yagna link reports them to its daemon)."""
         self._batches: dict[str, Batch] = {}
+        # Finished batches are kept for their results (yagna's GetExecBatchResults may ask
+        # again) within bounds, so a long-lived activity does not grow with every batch; the
+        # ids of those let go are remembered a while longer, to say so when asked for.
+        self._released: collections.deque[str] = collections.deque(maxlen=RELEASED_IDS)
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
         self._dir: ActivityDir | None = None
@@ -208,17 +221,43 @@ class ExeUnit:
         if not commands:
             raise ValueError("a batch needs at least one command")
         batch_id = batch_id or uuid.uuid4().hex
-        if batch_id in self._batches:
+        if batch_id in self._batches or batch_id in self._released:
             raise ExeUnitError(f"batch {batch_id} already exists")
+        self._release_finished()
         b = Batch(batch_id, commands)
         self._batches[batch_id] = b
         b.task = self._tg.create_task(self._run_batch(b, timeout))
         return batch_id
 
+    def _release_finished(self) -> None:
+        """Let go of finished batches beyond :data:`KEEP_FINISHED`, or older than
+        :data:`KEEP_FINISHED_SEC`, oldest first."""
+        now = time.monotonic()
+        finished = [b for b in self._batches.values() if b.finished_at is not None]
+        excess = len(finished) - KEEP_FINISHED
+        for b in finished:  # in the order they were started
+            assert b.finished_at is not None
+            if excess <= 0 and now - b.finished_at < KEEP_FINISHED_SEC:
+                continue
+            excess -= 1
+            del self._batches[b.id]
+            self._released.append(b.id)
+
+    @property
+    def kept_batches(self) -> int:
+        """Batches held now (running, and finished ones kept for their results)."""
+        return len(self._batches)
+
     def batch(self, batch_id: str) -> Batch:
         try:
             return self._batches[batch_id]
         except KeyError:
+            if batch_id in self._released:
+                raise UnknownBatch(
+                    f"batch {batch_id} of activity {self.activity_id} finished long ago and "
+                    f"its results are no longer kept (an activity keeps its last "
+                    f"{KEEP_FINISHED} finished batches, for up to {KEEP_FINISHED_SEC:g}s)"
+                ) from None
             raise UnknownBatch(f"no batch {batch_id} in activity {self.activity_id}") from None
 
     async def results(

@@ -1,0 +1,58 @@
+"""A long run holds flat memory: what a finished task or batch leaves behind is released, on the
+requestor's side and the provider's (the local network runs both in this process, so the heap
+measured here is all of it)."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from workgen import Golem, LocalNetwork, Task, WorkContext, vm
+
+WARM_UP = 300
+MEASURED = 600
+# What may remain per task once warm: far below the 5.6 KiB a task used to leave behind.
+ALLOWED_PER_TASK = 512
+
+
+async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+    async for task in tasks:
+        script = context.new_script()
+        script.run("/bin/true")
+        yield script
+        task.accept_result(None)
+
+
+def _heap() -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+@pytest.mark.watchdog(180)
+async def test_the_heap_stops_growing_over_a_long_job() -> None:
+    checkpoints: dict[int, int] = {}
+
+    def data() -> Iterator[Task[Any, Any]]:
+        for i in range(WARM_UP + MEASURED + 1):
+            if i in (WARM_UP, WARM_UP + MEASURED):
+                checkpoints[i] = _heap()
+            yield Task(i)
+
+    tracemalloc.start()
+    try:
+        async with Golem(budget=10, backend=LocalNetwork(1),
+                         event_consumer=lambda e: None) as golem:
+            done = 0
+            async for _ in golem.execute_tasks(worker, data(), payload=await vm.repo(),
+                                               max_workers=1):
+                done += 1
+    finally:
+        tracemalloc.stop()
+    assert done == WARM_UP + MEASURED + 1
+    growth = checkpoints[WARM_UP + MEASURED] - checkpoints[WARM_UP]
+    assert growth < ALLOWED_PER_TASK * MEASURED, (
+        f"the heap grew {growth} bytes over {MEASURED} tasks ({growth / MEASURED:.0f} per task)")
