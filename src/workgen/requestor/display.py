@@ -10,6 +10,7 @@ Consumers only read events; they never call back into the engine, and they never
 from __future__ import annotations
 
 import codecs
+import collections
 import logging
 import os
 import reprlib
@@ -88,7 +89,10 @@ def _grouped(reasons: Counter[str]) -> str:
 @dataclass(slots=True)
 class _Task:
     attempts: int = 0
-    outcome: str | None = None  # "accepted" or "failed"; the first outcome is final
+
+
+_FINISHED_KEYS = 1024
+"""Finished tasks remembered, so that a repeated outcome is not counted twice."""
 
 
 class RunSummary:
@@ -121,7 +125,14 @@ class RunSummary:
         self.services: dict[tuple[str, str], ServiceStateChanged] = {}
         """(cluster, instance) -> the instance's latest state change."""
         self.service_failures: list[ServiceStateChanged] = []
-        self._tasks: dict[tuple[str, str], _Task] = {}  # task ids are unique per job
+        # Tasks not finished yet (task ids are unique per job). A finished task leaves only
+        # counts behind, and its key a while, so a long run's summary stays small.
+        self._tasks: dict[tuple[str, str], _Task] = {}
+        self._finished: collections.OrderedDict[tuple[str, str], None] = \
+            collections.OrderedDict()
+        self._finished_count = 0
+        self._finished_started = 0
+        self._job_ids: set[str] = set()
         self._open_jobs: list[str] = []
         self._expected: dict[str, int] = {}
         self._done: Counter[str] = Counter()  # finished (accepted or failed) tasks per job
@@ -169,6 +180,7 @@ class RunSummary:
             case ScriptFinished(success=False):
                 self.scripts_failed += 1
             case TaskStarted():
+                self._job_ids.add(event.job_id)
                 self._tasks.setdefault((event.job_id, event.task_id), _Task()).attempts += 1
             case TaskAccepted():
                 if self._finish_task(event.job_id, event.task_id, "accepted"):
@@ -196,21 +208,27 @@ class RunSummary:
                     self.service_failures.append(event)
 
     def _finish_task(self, job_id: str, task_id: str, outcome: str) -> bool:
-        task = self._tasks.setdefault((job_id, task_id), _Task())
-        if task.outcome is not None:
+        key = (job_id, task_id)
+        if key in self._finished:
             return False  # a repeated outcome must not be counted twice
-        task.outcome = outcome
+        task = self._tasks.pop(key, None)
+        self._finished[key] = None
+        if len(self._finished) > _FINISHED_KEYS:
+            self._finished.popitem(last=False)
+        self._job_ids.add(job_id)
+        self._finished_count += 1
+        self._finished_started += 1 if task is not None and task.attempts else 0
         self._done[job_id] += 1
         return True
 
     @property
     def tasks_total(self) -> int:
         """Tasks seen so far: started, or failed without ever running."""
-        return len(self._tasks)
+        return len(self._tasks) + self._finished_count
 
     @property
     def tasks_started(self) -> int:
-        return sum(1 for t in self._tasks.values() if t.attempts)
+        return self._finished_started + sum(1 for t in self._tasks.values() if t.attempts)
 
     @property
     def tasks_accepted(self) -> int:
@@ -321,7 +339,7 @@ class RunSummary:
 
     def _failure_lines(self) -> list[str]:
         # Task ids are per job: name the job only when there is more than one.
-        several_jobs = len({job for job, _ in self._tasks}) > 1
+        several_jobs = len(self._job_ids) > 1
         lines = []
         for f in self.failed_tasks[:_MAX_LISTED]:
             name = f"{f.job_id}/{f.task_id}" if several_jobs else f.task_id

@@ -69,7 +69,7 @@ KEEP_FINISHED = 32
 """Finished batches an activity keeps for their results."""
 KEEP_FINISHED_SEC = 600.0
 """How long it keeps a finished batch at most."""
-RELEASED_IDS = 4096
+RELEASED_IDS = 1024
 """Ids of released batches remembered, to tell "no longer kept" from "never existed"."""
 
 
