@@ -61,7 +61,6 @@ def test_exeunit_run_refuses_bad_numbers(tmp_path: Path, option: str, value: str
     ("--price-cpu", BAD_NUMBERS),
     ("--price-start", BAD_NUMBERS),
     ("--debit-note-interval", BAD_NUMBERS + ["0"]),
-    ("--overcharge", BAD_NUMBERS),
 ])
 def test_provider_run_refuses_bad_numbers(option: str, values: list[str]) -> None:
     for value in values:
@@ -342,3 +341,9 @@ def test_sigterm_stops_devnet_up_and_it_leaves_nothing(tmp_path: Path) -> None:
     assert not alive(daemon, daemon_started)
     assert not (directory / "requestor").exists()
     assert not (directory / "devnet.json").exists()
+
+
+def test_provider_run_offers_operators_no_test_knobs() -> None:
+    result = workgen("provider", "run", "--help")
+    assert result.returncode == 0
+    assert "overcharge" not in result.stdout and "testing" not in result.stdout

@@ -104,11 +104,13 @@ def test_summary_reports_tasks_providers_failures_and_cost() -> None:
     text = summarise(a_run()).render()
     assert text.splitlines() == [
         "workgen: 12 tasks in 3.4s: 11 accepted, 1 failed",
-        "  local-provider-0  6 tasks",
-        "  local-provider-1  5 tasks",
+        "  provider          tasks  failures  time         cost",
+        "  local-provider-0      6         0  0.6s    0.002 GLM",
+        "  local-provider-1      5         4  0.5s  0.00212 GLM",
         "  failed: task 7 (data='x'): command exited with return code 1 (3 attempts)",
         "  results rejected: 3 (command exited with return code 1 x3), retries: 2",
-        "  cost: 0.004120 (2 invoices), agreements: 2, activities failed: 1 (activity lost)",
+        "  cost: 0.00412 GLM (2 invoices; 0.000375 GLM per task), agreements: 2, activities "
+        "failed: 1 (activity lost)",
     ]
 
 
@@ -134,8 +136,9 @@ def test_total_cost_is_an_exact_decimal_sum_of_accepted_invoices() -> None:
     summary = summarise(events)
     assert summary.total_cost == Decimal("0.3")
     text = summary.render()
-    assert "cost: 0.300000 (3 invoices)" in text
-    assert "invoice rejected: 5.000000 from local-provider-1: over budget" in text
+    assert "cost: 0.3 (3 invoices)" in text  # exact, and no currency: no GolemStarted said it
+    assert "invoice rejected: 5 from local-provider-1: over budget" in text
+    assert summary.cost_by_provider() == {P0: Decimal("0.3")}
 
 
 def test_money_smaller_than_six_places_is_not_rounded_away() -> None:
@@ -158,8 +161,8 @@ def test_debit_notes_not_covered_by_an_invoice_and_missing_payments_are_unpaid()
     assert summary.unpaid == {"a0": Decimal("0.2"), "a1": Decimal("0.25"), "a2": Decimal(0)}
     assert summary.running_cost == Decimal("0.75")
     assert summary.total_cost == Decimal("0.3")
-    assert ("  unpaid: 0.450000 on 3 agreements: local-provider-0 0.200000, "
-            "local-provider-1 0.250000 (no invoice), far-provider 0.000000 (no invoice)"
+    assert ("  unpaid: 0.45 on 3 agreements: local-provider-0 0.2, "
+            "local-provider-1 0.25 (no invoice), far-provider 0 (no invoice)"
             in summary.render())
 
 
@@ -219,7 +222,7 @@ def test_no_tasks_still_gives_a_report() -> None:
     text = summarise([GolemStarted(timestamp=at(0), backend="local", budget=Decimal(1)),
                       GolemStopped(timestamp=at(0.5))]).render()
     assert text.splitlines() == ["workgen: no tasks in 0.5s",
-                                 "  cost: 0.000000 (0 invoices), agreements: 0"]
+                                 "  cost: 0 GLM (0 invoices), agreements: 0"]
 
 
 # -- ProgressDisplay -----------------------------------------------------------------------
@@ -269,7 +272,7 @@ def test_live_keeps_one_status_line_and_prints_events_above_it(
     feed(progress, run[:-1])
     out = stream.getvalue()
     assert "\r\x1b[2K[job-1] " in out
-    assert "12 done · 1 failed · 2 providers · cost 0.000000 · " in out
+    assert "12 done · " in out and "/s · 1 failed · 2 providers · cost 0 GLM · " in out
     # The failure is printed on a cleared line, then the status line comes back.
     failure = "\r\x1b[2Ktask 7 failed after 3 attempts"
     assert failure in out
@@ -296,20 +299,31 @@ def test_live_status_redraws_at_most_ten_times_a_second(monkeypatch: pytest.Monk
     feed(progress, accepted_task("51", P0, 51))
     assert stream.getvalue().count("\r") == 2
     # Task 51's start was drawn; its acceptance, 0 s later, waits for the next event.
-    assert stream.getvalue().endswith("[workgen] 51 done · 1 provider · cost 0.000000 · 0.1s")
+    assert stream.getvalue().endswith(
+        "[workgen] 51 done · 340.0/s · 1 provider · cost 0 · 0.1s")
 
 
 def test_status_shows_the_total_when_the_job_announces_it() -> None:
-    @dataclass(frozen=True, kw_only=True)
-    class CountedJobStarted(JobStarted):
-        tasks_total: int
-
+    clock = [100.0]
     stream = io.StringIO()
     progress = ProgressDisplay(stream, live=True)
-    progress(CountedJobStarted(job_id=JOB, tasks_total=100))
-    feed(progress, failed_task("1", 1, "boom", 0))  # printed above: forces a redraw
-    assert stream.getvalue().endswith("[job-1] 1/100 tasks done · 1 failed · 0 providers · "
-                                      "cost 0.000000 · 0.0s")
+    progress._width = lambda: 200  # type: ignore[method-assign]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "monotonic", lambda: clock[0])
+        progress(JobStarted(job_id=JOB, tasks_total=100))
+        clock[0] += 2.0
+        feed(progress, failed_task("1", 1, "boom", 0))  # printed above: forces a redraw
+        for i in range(2, 26):
+            feed(progress, accepted_task(str(i), P0, i))
+        clock[0] += 3.0
+        progress(GolemStarted(backend="local", budget=Decimal(1), currency="tGLM"))
+        progress(InvoiceAccepted(agreement_id="a", provider_name=P0,
+                                 amount=Decimal("0.0000530637")))
+        feed(progress, failed_task("26", 26, "boom", 0))
+    # A quarter done in 5 s: 5 a second, 15 s to go; the cost in 3 significant digits.
+    assert stream.getvalue().endswith(
+        "[job-1] █████░░░░░░░░░░░░░░░ 26/100 tasks · 5.2/s · ETA 14.2s · 2 failed · "
+        "1 provider · cost 0.0000531 tGLM · 0.0s")
 
 
 def test_command_output_is_written_line_by_line_with_the_provider_name() -> None:
@@ -419,7 +433,7 @@ def test_service_instances_are_summarised_with_their_states_and_failures() -> No
     head, *rest = text.splitlines()
     assert head.startswith("workgen: 2 service instances in ")
     assert head.endswith(": 1 terminated, 1 unresponsive")
-    assert "  p0  1 service instance" in rest
+    assert "  p0            0         0  0.0s     0          1" in rest
     assert any("service instance 2 (Web) on p1: unresponsive, activity a2 broke" in line
                for line in rest)
 

@@ -45,9 +45,10 @@ def start_test_devnet(directory: Path) -> Devnet:
         net.start_providers(debit_note_interval=1.0, dev_images=False,
                             nodes=[f"provider-{i + 1}" for i in range(HONEST)])
         net.start_agent(f"agent-{OVERCHARGER}", f"provider-{HONEST + 1}", [
-            sys.executable, "-m", "workgen.cli.main", "provider", "run", "--name", OVERCHARGER,
-            "--subnet", overcharger_subnet(net), "--debit-note-interval", "1",
-            "--overcharge", "10", "--no-dev-images"])
+            # -P: not this folder first on the path (its http.py would shadow the stdlib's).
+            sys.executable, "-P", str(Path(__file__).with_name("overcharger.py")), "10",
+            "provider", "run", "--name", OVERCHARGER, "--subnet", overcharger_subnet(net),
+            "--debit-note-interval", "1", "--no-dev-images"])
     except BaseException:
         net.down()
         raise

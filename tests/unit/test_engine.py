@@ -211,3 +211,18 @@ async def test_data_is_read_lazily_as_workers_ask(count: int) -> None:
         assert first.data == 0 and len(read) <= 3  # not all of it up front
         rest = [t async for t in stream]
     assert len(rest) == count - 1 and len(read) == count
+
+
+async def test_the_run_summary_is_a_value_programs_can_read() -> None:
+    backend = MockBackend(2)
+    async with Golem(budget=1, backend=backend, event_consumer=lambda e: None) as golem:
+        async for _ in golem.execute_tasks(echo, [Task(i) for i in range(6)],
+                                           payload=await vm.repo()):
+            pass
+        summary = golem.summary()
+    assert summary.tasks_accepted == 6 and summary.tasks_total == 6
+    assert summary.currency == "MOCK"
+    paid = {name: amount for name, amount in summary.cost_by_provider().items()}
+    assert sum(paid.values()) == sum(backend.invoices_paid.values()) == summary.total_cost
+    assert summary.progress() == (6, 6)  # the job's size was known from its list
+    assert "6 tasks" in summary.render()

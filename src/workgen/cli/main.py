@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._aio import Signalled, signals_as_interrupt
 from . import devnet, exeunit, provider, run
@@ -20,14 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None,
+         handler: Callable[[argparse.Namespace], int] | None = None) -> int:
     """Runs a command; its exit code is 2 for bad arguments or input, 130 after Ctrl-C and 143
-    after SIGTERM (which stops every command as Ctrl-C does, cleaning up the same way)."""
+    after SIGTERM (which stops every command as Ctrl-C does, cleaning up the same way).
+    ``handler`` runs the parsed command instead of its own (for programs built on the CLI)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         with signals_as_interrupt():
-            code: int = args.handler(args)
+            code: int = (handler or args.handler)(args)
     except Signalled as exc:
         return exc.exit_code
     except KeyboardInterrupt:

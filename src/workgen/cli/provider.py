@@ -19,7 +19,7 @@ from .._aio import until_signalled
 from ..protocol.pricing import LinearPricing
 from ..protocol.properties import USAGE_CPU_SEC, USAGE_DURATION_SEC
 from ..provider.terms import DEFAULT_ACCEPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT
-from ._options import number, price, seconds, size_gib, whole
+from ._options import price, seconds, size_gib, whole
 
 MAX_THREADS = 4096
 
@@ -58,13 +58,13 @@ def add_parser(commands: Any) -> None:
                      help="run demands that name an image this provider does not have on the "
                           "host system image (development mode; also WORKGEN_DEV_IMAGES=1), "
                           "instead of refusing them")
-    run.add_argument("--overcharge", type=number(), default=1.0, metavar="FACTOR",
-                     help="bill FACTOR times the agreed price (a dishonest provider, for "
-                          "testing that requestors reject such bills)")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=run_agent)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_agent(args: argparse.Namespace, *, overcharge: float = 1.0) -> int:
+    """Run the provider the parsed options describe. ``overcharge`` (bill that many times the
+    agreed price) exists for tests of requestors against a dishonest provider; operators have
+    no option for it."""
     from ..provider.images import ImageResolver, ImageStore
     from ..provider.offer import ProviderConfig
     from ..provider.yagna import YagnaApiError, run_provider
@@ -92,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
             config, api_url=args.api_url, appkey=args.appkey, gsb_url=args.gsb_url,
             subnet=args.subnet, debit_note_interval=args.debit_note_interval,
             idle_timeout=args.idle_agreement_timeout,
-            accept_timeout=args.debit_note_accept_timeout, overcharge=args.overcharge,
+            accept_timeout=args.debit_note_accept_timeout, overcharge=overcharge,
             images=ImageResolver(ImageStore(), dev_images=args.dev_images,
                                  remedy="it runs only the host system image (with "
                                         "--dev-images it would run this image there)"))))

@@ -22,6 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
+from ..protocol.money import exact, readable
 from .events import (
     ActivityCreated, ActivityDestroyed, ActivityFailed, AgreementCreated, AgreementRejected,
     CommandOutput, DebitNoteAccepted, DebitNoteRejected, Event, GolemStarted, GolemStopped,
@@ -46,12 +47,6 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _money(amount: Decimal) -> str:
-    """Six decimal places, or more when the amount has them: a summary never rounds money away."""
-    exponent = amount.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -6:
-        return f"{amount.normalize():f}"
-    return f"{amount:.6f}"
 
 
 def _duration(seconds: float) -> str:
@@ -104,10 +99,14 @@ class RunSummary:
     """
 
     def __init__(self) -> None:
+        self.currency = ""  # from GolemStarted
         self.started_at: datetime | None = None  # GolemStarted, else the first event
         self.stopped_at: datetime | None = None  # GolemStopped, else the latest event
         self.jobs: dict[str, str | None] = {}  # job id -> why it ended early; in start order
         self.accepted_by_provider: Counter[str] = Counter()
+        self.time_by_provider: dict[str, float] = collections.defaultdict(float)
+        """Seconds the accepted tasks of each provider ran."""
+        self.failures_by_provider: Counter[str] = Counter()  # rejected results, failed activities
         self.rejected_results: Counter[str] = Counter()  # by reason; the task may be retried
         self.retries = 0
         self.failed_tasks: list[TaskFailed] = []  # failed for good, in order
@@ -150,6 +149,8 @@ class RunSummary:
             raise TypeError(f"{type(event).__name__}.amount is not a Decimal")
         if self.started_at is None or isinstance(event, GolemStarted):
             self.started_at = event.timestamp
+        if isinstance(event, GolemStarted):
+            self.currency = event.currency
         if not self._stopped:
             self.stopped_at = event.timestamp
         match event:
@@ -158,11 +159,8 @@ class RunSummary:
             case JobStarted():
                 self.jobs[event.job_id] = None
                 self._open_jobs.append(event.job_id)
-                # No event carries the number of tasks yet (data may be consumed lazily);
-                # a ``tasks_total`` on JobStarted is used as soon as it exists.
-                total = getattr(event, "tasks_total", None)
-                if isinstance(total, int):
-                    self._expected[event.job_id] = total
+                if event.tasks_total is not None:  # known when the data has a length
+                    self._expected[event.job_id] = event.tasks_total
             case JobFinished():
                 self.jobs[event.job_id] = event.error
                 if event.job_id in self._open_jobs:
@@ -175,6 +173,7 @@ class RunSummary:
                 self.activities += 1
             case ActivityFailed():
                 self.activities_failed.append(event)
+                self.failures_by_provider[event.provider_name] += 1
             case ScriptSent():
                 self.scripts += 1
             case ScriptFinished(success=False):
@@ -185,8 +184,10 @@ class RunSummary:
             case TaskAccepted():
                 if self._finish_task(event.job_id, event.task_id, "accepted"):
                     self.accepted_by_provider[event.provider_name] += 1
+                    self.time_by_provider[event.provider_name] += event.running_time or 0.0
             case TaskRejected():
                 self.rejected_results[_one_line(event.reason)] += 1
+                self.failures_by_provider[event.provider_name] += 1
             case TaskRetried():
                 self.retries += 1
             case TaskFailed():
@@ -323,15 +324,28 @@ class RunSummary:
         return "\n".join(lines + self._money_lines())
 
     def _provider_lines(self) -> list[str]:
+        """A small table: provider, tasks, failures, time, cost (and service instances). The
+        costs are rounded for reading; the total below them is exact."""
         count = self.accepted_by_provider
         names = sorted(self.providers, key=lambda n: (-count[n], n))
+        if not names:
+            return []
         listed, rest = names[:_MAX_LISTED], names[_MAX_LISTED:]
-        width = max(map(len, listed), default=0)
+        costs = self.cost_by_provider()
         instances = Counter(e.provider_name for e in self.services.values() if e.provider_name)
-        lines = [f"  {n:<{width}}  " + ", ".join(
-            [_plural(count[n], "task")] * (count[n] > 0 or not instances[n])
-            + [_plural(instances[n], "service instance")] * (instances[n] > 0))
-            for n in listed]
+        rows: list[tuple[str, ...]] = [("provider", "tasks", "failures", "time", "cost")]
+        rows += [(n, str(count[n]), str(self.failures_by_provider[n]),
+                  _duration(self.time_by_provider[n]),
+                  readable(costs.get(n, Decimal(0)), self.currency))
+                 for n in listed]
+        if instances:
+            rows = [row + ("instances" if i == 0 else str(instances[row[0]]),)
+                    for i, row in enumerate(rows)]
+        widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+        lines = ["  " + "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
+                                  for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+                                  ).rstrip()
+                 for row in rows]
         if rest:
             tasks = sum(count[n] for n in rest)
             lines.append(f"  ... and {len(rest)} more providers ({_plural(tasks, 'task')})")
@@ -350,8 +364,25 @@ class RunSummary:
             lines.append(f"  ... and {len(rest)} more failed: {_grouped(reasons)}")
         return lines
 
+    def _money(self, amount: Decimal) -> str:
+        """Exact: the summary's figures are accounts."""
+        return exact(amount, self.currency)
+
+    def cost_by_provider(self) -> dict[str, Decimal]:
+        """What each provider's accepted invoices came to."""
+        costs: dict[str, Decimal] = {}
+        for invoice in self.invoices:
+            costs[invoice.provider_name] = costs.get(invoice.provider_name, Decimal(0)) \
+                + invoice.amount
+        return costs
+
     def _money_lines(self) -> list[str]:
-        line = f"  cost: {_money(self.total_cost)} ({_plural(len(self.invoices), 'invoice')})"
+        line = (f"  cost: {self._money(self.total_cost)} "
+                f"({_plural(len(self.invoices), 'invoice')}")
+        if self.tasks_accepted:
+            per_task = self.total_cost / self.tasks_accepted
+            line += f"; {readable(per_task, self.currency)} per task"
+        line += ")"
         line += f", agreements: {len(self.agreements)}"
         if self.agreements_rejected:
             reasons = Counter(_one_line(a.reason) for a in self.agreements_rejected)
@@ -364,13 +395,13 @@ class RunSummary:
         lines = [line]
         if unpaid := self.unpaid:
             missing = {m.agreement_id: m.provider_name for m in self.payments_missing}
-            owed = [f"{self.agreements.get(a) or missing.get(a, a)} {_money(amount)}"
+            owed = [f"{self.agreements.get(a) or missing.get(a, a)} {self._money(amount)}"
                     + (" (no invoice)" if a in missing else "") for a, amount in unpaid.items()]
             more = f", ... and {len(owed) - _MAX_LISTED} more" if len(owed) > _MAX_LISTED else ""
-            lines.append(f"  unpaid: {_money(sum(unpaid.values(), Decimal(0)))} on "
+            lines.append(f"  unpaid: {self._money(sum(unpaid.values(), Decimal(0)))} on "
                          f"{_plural(len(unpaid), 'agreement')}: "
                          + ", ".join(owed[:_MAX_LISTED]) + more)
-        lines += [f"  invoice rejected: {_money(i.amount)} from {i.provider_name}: "
+        lines += [f"  invoice rejected: {self._money(i.amount)} from {i.provider_name}: "
                   f"{_one_line(i.reason)}" for i in self.invoices_rejected]
         if self.debit_notes_rejected:
             reasons = Counter(_one_line(d.reason) for d in self.debit_notes_rejected)
@@ -393,7 +424,7 @@ def _notable(event: Event) -> tuple[int, str] | None:
             return logging.INFO, f"agreement with {event.provider_name} rejected: {event.reason}"
         case InvoiceRejected() | DebitNoteRejected():
             kind = "invoice" if isinstance(event, InvoiceRejected) else "debit note"
-            return logging.WARNING, (f"{kind} of {_money(event.amount)} from "
+            return logging.WARNING, (f"{kind} of {exact(event.amount)} from "
                                      f"{event.provider_name} rejected: {event.reason}")
         case PaymentMissing():
             return logging.WARNING, (f"no invoice from {event.provider_name} for agreement "
@@ -441,6 +472,7 @@ class ProgressDisplay:
         self._status_shown = False
         self._last_draw = float("-inf")
         self._clock_start: float | None = None
+        self._job_clock: dict[str, float] = {}
         self._stopped = False
         self._broken = False
         # Partial output lines and byte decoders per (activity, command index, stream).
@@ -468,6 +500,8 @@ class ProgressDisplay:
         if isinstance(event, GolemStopped):
             self._finish()
             return
+        if isinstance(event, JobStarted):
+            self._job_clock[event.job_id] = time.monotonic()
         if isinstance(event, CommandOutput):
             self._output(event)
         elif isinstance(event, (ScriptFinished, ActivityFailed, ActivityDestroyed)):
@@ -526,8 +560,17 @@ class ProgressDisplay:
         s = self.summary
         job = s.current_job
         done, total = s.progress(job)
-        parts = [f"[{job or 'workgen'}] " + (f"{done}/{total} tasks done" if total is not None
-                                             else f"{done} done")]
+        since = self._job_clock.get(job or "", self._clock_start or now)
+        rate = done / (now - since) if done and now > since else None
+        if total is not None:
+            head = f"{self._bar(done, total)} {done}/{total} tasks"
+        else:
+            head = f"{done} done"
+        if rate is not None:
+            head += f" · {rate:.1f}/s".replace(" · ", self._sep)
+            if total is not None and total > done:
+                head += f"{self._sep}ETA {_duration((total - done) / rate)}"
+        parts = [f"[{job or 'workgen'}] {head}"]
         if failed := len(s.failed_tasks):
             parts.append(f"{failed} failed")
         if s.services:
@@ -538,12 +581,18 @@ class ProgressDisplay:
                 parts = [f"[workgen] {services}"]
             else:
                 parts.append(services)
-        parts += [_plural(len(s.providers), "provider"), f"cost {_money(s.running_cost)}",
+        parts += [_plural(len(s.providers), "provider"),
+                  f"cost {readable(s.running_cost, s.currency)}",
                   _duration(now - (self._clock_start or now))]
         line = self._sep.join(parts)[: self._width() - 1]
         self._stream.write(_CLEAR_LINE + line)
         self._stream.flush()
         self._status_shown = True
+
+    def _bar(self, done: int, total: int, width: int = 20) -> str:
+        filled = width if total <= 0 else min(width, width * done // total)
+        full, empty = ("█", "░") if self._sep == " · " else ("#", "-")
+        return full * filled + empty * (width - filled)
 
     def _width(self) -> int:
         try:

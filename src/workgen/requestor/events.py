@@ -30,6 +30,8 @@ EventConsumer = Callable[[Event], None]
 class GolemStarted(Event):
     backend: str
     budget: Decimal
+    currency: str = "GLM"
+    """What amounts are in: the payment platform's token (``tGLM`` on test networks)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +42,8 @@ class GolemStopped(Event):
 @dataclass(frozen=True, kw_only=True)
 class JobStarted(Event):
     job_id: str
+    tasks_total: int | None = None
+    """How many tasks the job has, when its data says (a list, a range); else ``None``."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,18 +15,20 @@ import math
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sized
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ..backends.base import Allocation, Backend, Demand
+from ..protocol.money import currency
 from ..protocol.properties import NODE_DEBUG_SUBNET, NODE_ID_NAME, SRV_COMP_EXPIRATION
 from ..protocol.results import utc_now
 from . import events
 from .budget import Budget
 from .cluster import Cluster
+from .display import RunSummary
 from .job import Job, Worker
 from .payments import Payments
 from .payload import VmPayload
@@ -92,6 +94,7 @@ class Golem:
 
             event_consumer = ProgressDisplay()
         self._consumer = event_consumer
+        self._summary = RunSummary()
         self.stream_output = stream_output
         self.invoice_timeout = invoice_timeout
         self._stack = contextlib.AsyncExitStack()
@@ -121,7 +124,13 @@ class Golem:
     def subnet_tag(self, value: str | None) -> None:
         self._subnet_tag = value
 
+    def summary(self) -> RunSummary:
+        """What the run did so far, as values: tasks, providers, failures, money (the same
+        aggregate the end-of-run report is rendered from)."""
+        return self._summary
+
     def _emit(self, event: events.Event) -> None:
+        self._summary(event)
         try:
             self._consumer(event)
         except Exception:  # a consumer's bug must not break the run
@@ -154,7 +163,10 @@ class Golem:
             self._state = "stopped"
             raise
         self._state = "running"
-        self._emit(events.GolemStarted(backend=backend.name, budget=self.budget.total))
+        assert self.payments.allocation is not None
+        self._emit(events.GolemStarted(
+            backend=backend.name, budget=self.budget.total,
+            currency=currency(self.payments.allocation.payment_platform)))
 
     async def stop(self) -> None:
         """Close jobs, settle payments (boundedly), release the allocation, close the backend.
@@ -212,12 +224,13 @@ class Golem:
                                     or not math.isfinite(timeout) or timeout <= 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         demand = await self._demand_for(payload)
+        total = len(data) if isinstance(data, Sized) else None
         job = Job(backend=self.backend, payments=self.payments, strategy=self.strategy,
                   emit=self._emit, stream_output=self.stream_output,
                   worker=worker, data=data, demand=demand,
                   max_workers=max_workers or DEFAULT_MAX_WORKERS, timeout=timeout,
                   job_id=job_id or uuid.uuid4().hex[:8], implicit_init=implicit_init,
-                  max_retries=max_retries)
+                  max_retries=max_retries, tasks_total=total)
         self._jobs.add(job)
         job.runner = asyncio.get_running_loop().create_task(job.run(), name=f"job {job.id}")
         try:

@@ -66,7 +66,8 @@ class Job:
     def __init__(self, *, backend: Backend, payments: Payments, strategy: MarketStrategy,
                  emit: Callable[[events.Event], None], stream_output: bool, worker: Worker,
                  data: Iterable[Any] | AsyncIterable[Any], demand: Demand, max_workers: int,
-                 timeout: float | None, job_id: str, implicit_init: bool, max_retries: int):
+                 timeout: float | None, job_id: str, implicit_init: bool, max_retries: int,
+                 tasks_total: int | None = None):
         self._backend = backend
         self._payments = payments
         self._budget = payments.budget
@@ -74,6 +75,7 @@ class Job:
         self._emit = emit
         self._stream_output = stream_output
         self.id = job_id
+        self._tasks_total = tasks_total
         self._worker = worker
         self._demand = demand
         self._max_workers = max_workers
@@ -98,7 +100,7 @@ class Job:
 
     async def run(self) -> None:
         """The job's task: runs everything, records the outcome, always signals the end."""
-        self._emit(events.JobStarted(job_id=self.id))
+        self._emit(events.JobStarted(job_id=self.id, tasks_total=self._tasks_total))
         try:
             async with asyncio.timeout(self._timeout):
                 await self._run_slots()
