@@ -327,6 +327,8 @@ def test_a_stale_record_is_replaced(devnets: Any) -> None:
     devnets.note_pids()
     for node in old.nodes:  # as after a reboot: the record stays, the processes are gone
         os.kill(node.pid, signal.SIGKILL)
+    for node in old.nodes:  # a killed daemon takes a moment to go (its threads exit)
+        assert node.process.wait(10), f"{node.name} outlived SIGKILL"
     assert not devnet.status().healthy
     new = devnet.up(providers=1)
     devnets.note_pids()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 
 from ..protocol.pricing import LinearPricing
@@ -38,6 +39,15 @@ class Budget:
     @property
     def free(self) -> Decimal:
         return self.total - self.reserved
+
+    def reserve_for(self, terms: Mapping[str, object]) -> AgreementBudget | None:
+        """A reservation for an agreement on a proposal's ``terms`` (its properties), or
+        ``None`` if the budget can't start it or its pricing can't be bounded (not signed)."""
+        try:
+            pricing = LinearPricing.from_properties(terms)
+        except ValueError:
+            return None
+        return self.open(pricing, dict(terms))
 
     def open(self, pricing: LinearPricing, properties: dict[str, object] | None = None
              ) -> AgreementBudget | None:

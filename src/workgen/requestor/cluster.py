@@ -28,14 +28,12 @@ from typing import Any, Generic, TypeVar
 
 from ..backends.base import Activity, Agreement, Backend, Demand, Proposal
 from ..errors import ActivityLost, BudgetExhausted, WorkgenError
-from ..protocol.pricing import LinearPricing
 from . import events
 from .budget import AgreementBudget
-from .context import WorkContext
 from .market import Market, open_market
 from .payload import VmPayload
 from .payments import Payments
-from .runner import ScriptRunner, drive
+from .runner import ScriptRunner, drive, end_activity, start_activity
 from .service import Handler, Service, ServiceState
 from .strategy import MarketStrategy
 
@@ -110,13 +108,9 @@ class _Instance:
         activity: Activity | None = None
         reason = "the service instance ended"
         try:
-            activity = await cluster._backend.create_activity(agreement)
-            ctx = WorkContext(backend=cluster._backend, agreement=agreement, activity=activity,
-                              job_id=cluster.id, emit=cluster._emit,
-                              stream_output=cluster._stream_output)
-            runner = ScriptRunner(ctx, backend=cluster._backend, agreement=agreement,
-                                  activity=activity, job_id=cluster.id, emit=cluster._emit,
-                                  stream_output=cluster._stream_output)
+            activity, ctx, runner = await start_activity(
+                cluster._backend, agreement, job_id=cluster.id, emit=cluster._emit,
+                stream_output=cluster._stream_output)
             self.service._ctx = ctx
             reason = await self._handlers(runner, reservation)
             return True
@@ -127,8 +121,8 @@ class _Instance:
             return False
         finally:
             if activity is not None:
-                with contextlib.suppress(Exception):
-                    await cluster._backend.destroy_activity(activity)
+                await end_activity(cluster._backend, activity, agreement.provider_name,
+                                   cluster._emit)
             await payments.end_agreement(agreement, reservation, reason)
 
     async def _sign(self) -> tuple[Agreement, AgreementBudget] | None:
@@ -161,11 +155,7 @@ class _Instance:
             return signed
 
     def _reserve(self, proposal: Proposal) -> AgreementBudget | None:
-        try:
-            pricing = LinearPricing.from_properties(proposal.properties)
-        except ValueError:
-            return None
-        return self.cluster._payments.budget.open(pricing, dict(proposal.properties))
+        return self.cluster._payments.budget.reserve_for(proposal.properties)
 
     async def _handlers(self, runner: ScriptRunner, reservation: AgreementBudget) -> str:
         """start, run, shutdown; the reason the agreement ends with."""

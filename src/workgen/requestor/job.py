@@ -14,7 +14,6 @@ retry, fails for good and is reported, never dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -24,7 +23,6 @@ from typing import Any
 
 from .._aio import task_scope
 from ..backends.base import Activity, Agreement, Backend, Demand, Proposal
-from ..protocol.pricing import LinearPricing
 from ..errors import (
     BudgetExhausted, JobTimeoutError, NoProvidersError, WorkgenError,
 )
@@ -34,7 +32,7 @@ from .context import WorkContext
 from .market import Market, open_market
 from .payments import Payments
 from .queue import TaskQueue
-from .runner import ScriptRunner, drive
+from .runner import ScriptRunner, drive, end_activity, start_activity
 from .script import Script
 from .strategy import MarketStrategy
 from .task import Task, TaskStatus
@@ -202,11 +200,7 @@ class Job:
                                "pay for more work")
 
     def _reserve(self, proposal: Proposal) -> AgreementBudget | None:
-        try:
-            pricing = LinearPricing.from_properties(proposal.properties)
-        except ValueError:
-            return None  # the strategy let through terms we cannot bound; don't sign them
-        reservation = self._budget.open(pricing, dict(proposal.properties))
+        reservation = self._budget.reserve_for(proposal.properties)
         if reservation is not None:
             self._signing_reserved += 1
         return reservation
@@ -250,16 +244,9 @@ class Job:
         activity: Activity | None = None
         pending: Task[Any, Any] | None = first
         try:
-            activity = await self._backend.create_activity(agreement)
-            self._emit(events.ActivityCreated(job_id=self.id, activity_id=activity.id,
-                                              agreement_id=agreement.id,
-                                              provider_name=agreement.provider_name))
-            ctx = WorkContext(backend=self._backend, agreement=agreement, activity=activity,
-                              job_id=self.id, emit=self._emit,
-                              stream_output=self._stream_output)
-            runner = ScriptRunner(ctx, backend=self._backend, agreement=agreement,
-                                  activity=activity, job_id=self.id, emit=self._emit,
-                                  stream_output=self._stream_output)
+            activity, ctx, runner = await start_activity(
+                self._backend, agreement, job_id=self.id, emit=self._emit,
+                stream_output=self._stream_output)
             async with asyncio.timeout_at(_loop_time(reservation.deadline())) as deadline, \
                     task_scope() as tg:
                 extender = tg.create_task(_extend_while_affordable(reservation, deadline))
@@ -298,10 +285,7 @@ class Job:
             if pending is not None and pending.status is TaskStatus.WAITING:
                 await self.queue.put_back(pending)
             if activity is not None:
-                with contextlib.suppress(Exception):
-                    await self._backend.destroy_activity(activity)
-                self._emit(events.ActivityDestroyed(activity_id=activity.id,
-                                                    provider_name=agreement.provider_name))
+                await end_activity(self._backend, activity, agreement.provider_name, self._emit)
             await self._payments.end_agreement(agreement, reservation, reason)
 
     async def _drive(self, ctx: WorkContext, runner: ScriptRunner, first: Task[Any, Any],

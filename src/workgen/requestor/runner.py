@@ -198,6 +198,28 @@ async def drive(gen: AsyncGenerator[Any, Any], runner: ScriptRunner, who: str,
                 send = tg.create_task(runner.run(item))
 
 
+async def start_activity(backend: Backend, agreement: Agreement, *, job_id: str,
+                         emit: Callable[[events.Event], None], stream_output: bool
+                         ) -> tuple[Activity, WorkContext, ScriptRunner]:
+    """A new activity on ``agreement`` (announced), with the worker's context and its runner."""
+    activity = await backend.create_activity(agreement)
+    emit(events.ActivityCreated(job_id=job_id, activity_id=activity.id,
+                                agreement_id=agreement.id, provider_name=agreement.provider_name))
+    ctx = WorkContext(backend=backend, agreement=agreement, activity=activity, job_id=job_id,
+                      emit=emit, stream_output=stream_output)
+    runner = ScriptRunner(ctx, backend=backend, agreement=agreement, activity=activity,
+                          job_id=job_id, emit=emit, stream_output=stream_output)
+    return activity, ctx, runner
+
+
+async def end_activity(backend: Backend, activity: Activity, provider_name: str,
+                       emit: Callable[[events.Event], None]) -> None:
+    """Destroy ``activity`` (whatever state it is in) and announce it."""
+    with contextlib.suppress(Exception):
+        await backend.destroy_activity(activity)
+    emit(events.ActivityDestroyed(activity_id=activity.id, provider_name=provider_name))
+
+
 def _completed(results: list[Result]) -> asyncio.Future[list[Result]]:
     future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
     future.set_result(results)
