@@ -306,7 +306,8 @@ class Cluster(Generic[S]):
         self.respawn_unstarted_instances = respawn_unstarted_instances
         self._instances: list[_Instance] = []
         self._market: Market
-        self._stack = contextlib.AsyncExitStack()
+        self._market_task: asyncio.Task[None]
+        self._release_market = asyncio.Event()
         self._money = asyncio.Condition()
         self._closed = False
         self._closing: asyncio.Task[None] | None = None
@@ -333,8 +334,25 @@ class Cluster(Generic[S]):
         return len(self._instances)
 
     async def _open(self) -> None:
-        self._market = await self._stack.enter_async_context(open_market(
-            self._backend, self._demand, self._strategy, self.id, self._emit))
+        """Publish the demand. The market is held open by a task of its own until the cluster
+        closes, so whichever task stops the cluster, the market's scope is left by the task
+        that entered it."""
+        opened: asyncio.Future[Market] = asyncio.get_running_loop().create_future()
+        self._market_task = asyncio.get_running_loop().create_task(
+            self._hold_market(opened), name=f"cluster {self.id} market")
+        self._market = await opened
+
+    async def _hold_market(self, opened: asyncio.Future[Market]) -> None:
+        try:
+            async with open_market(self._backend, self._demand, self._strategy, self.id,
+                                   self._emit) as market:
+                opened.set_result(market)
+                await self._release_market.wait()
+        except BaseException as exc:
+            if not opened.done():
+                opened.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
 
     def spawn_instances(self, num_instances: int | None = None,
                         instance_params: Iterable[Mapping[str, Any]] | None = None) -> None:
@@ -404,7 +422,8 @@ class Cluster(Generic[S]):
             await asyncio.wait(tasks)
         if not self._closed:
             self._closed = True
-            await self._stack.aclose()
+            self._release_market.set()
+            await asyncio.wait([self._market_task])
 
     async def __aenter__(self) -> Cluster[S]:
         return self
