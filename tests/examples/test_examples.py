@@ -110,7 +110,7 @@ def test_ctrl_c_ends_a_run_within_seconds_and_settles_payments(tmp_path: Path) -
     assert "KeyboardInterrupt" in stderr
     summary = stderr[stderr.index("workgen:"):]
     assert "accepted" in summary
-    assert re.search(r"cost: [0-9.]+ \(2 invoices\)", summary), summary
+    assert re.search(r"cost: [0-9.]+ tGLM \(2 invoices[;)]", summary), summary
     assert "unpaid" not in summary
 
 
@@ -190,5 +190,5 @@ def test_ctrl_c_ends_a_service_run_cleanly(tmp_path: Path, where: dict[str, obje
     assert proc.returncode != 0 and "workgen:" in stderr, stderr
     summary = stderr[stderr.index("workgen:"):]
     assert "2 service instances" in summary and "2 terminated" in summary, summary
-    assert re.search(r"cost: [0-9.]+ \(2 invoices\)", summary), summary
+    assert re.search(r"cost: [0-9.]+ tGLM \(2 invoices[;)]", summary), summary
     assert "unpaid" not in summary
