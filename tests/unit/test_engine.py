@@ -5,6 +5,7 @@ end to end on the real networks in ``tests/requestor``."""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -12,7 +13,8 @@ from typing import Any, TypeVar
 import pytest
 
 from workgen import (
-    BackendUnavailable, BudgetExhausted, Golem, NoProvidersError, Task, TaskStatus,
+    BackendUnavailable, BudgetExhausted, Golem, NoProvidersError, ProgressDisplay, Task,
+    TaskStatus,
     WorkContext, events, vm,
 )
 from workgen.protocol.pricing import LinearPricing
@@ -226,3 +228,12 @@ async def test_the_run_summary_is_a_value_programs_can_read() -> None:
     assert sum(paid.values()) == sum(backend.invoices_paid.values()) == summary.total_cost
     assert summary.progress() == (6, 6)  # the job's size was known from its list
     assert "6 tasks" in summary.render()
+
+
+async def test_with_the_default_display_the_summary_is_the_display_s_own() -> None:
+    display = ProgressDisplay(io.StringIO(), live=False)
+    async with Golem(budget=1, backend=MockBackend(1), event_consumer=display) as golem:
+        async for _ in golem.execute_tasks(echo, [Task(1), Task(2)], payload=await vm.repo()):
+            pass
+        assert golem.summary() is display.summary  # one aggregate, not two
+        assert golem.summary().tasks_accepted == 2

@@ -94,7 +94,10 @@ class Golem:
 
             event_consumer = ProgressDisplay()
         self._consumer = event_consumer
-        self._summary = RunSummary()
+        # The default display aggregates the run already: its summary is shared, not doubled.
+        shown = getattr(event_consumer, "summary", None)
+        self._summary = shown if isinstance(shown, RunSummary) else RunSummary()
+        self._feed_summary = self._summary is not shown
         self.stream_output = stream_output
         self.invoice_timeout = invoice_timeout
         self._stack = contextlib.AsyncExitStack()
@@ -130,7 +133,8 @@ class Golem:
         return self._summary
 
     def _emit(self, event: events.Event) -> None:
-        self._summary(event)
+        if self._feed_summary:
+            self._summary(event)
         try:
             self._consumer(event)
         except Exception:  # a consumer's bug must not break the run
