@@ -14,8 +14,7 @@ import pytest
 
 from workgen import (
     BackendUnavailable, BudgetExhausted, Golem, NoProvidersError, ProgressDisplay, Task,
-    TaskStatus,
-    WorkContext, events, vm,
+    TaskStatus, WorkContext, events, vm,
 )
 from workgen.protocol.pricing import LinearPricing
 from workgen.testing import MockBackend, MockProvider
