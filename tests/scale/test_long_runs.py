@@ -15,11 +15,12 @@ from workgen import Golem, LocalNetwork, Task, WorkContext, vm
 from workgen.requestor.display import RunSummary
 
 WARM_UP = 1100  # past every bounded record (1024 ids at most)
-MEASURED = 600
+MEASURED = 2000
 # What may seem to remain per task once warm: far below the 5.6 KiB a task used to leave
-# behind. Not zero: a bounded record that keeps its newest entries (the run summary's finished
-# task ids) grows its hash table for a while before the table is rebuilt.
-ALLOWED_PER_TASK = 128
+# behind. Not zero: a bounded record that keeps its newest entries (the run summary's last
+# finished task ids) fills its hash table for a while before the table is rebuilt, a
+# fluctuation of some kilobytes that the long window spreads thin.
+ALLOWED_PER_TASK = 64
 
 
 async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:

@@ -86,7 +86,7 @@ class _Task:
     attempts: int = 0
 
 
-_FINISHED_KEYS = 1024
+_FINISHED_KEYS = 256
 """Finished tasks remembered, so that a repeated outcome is not counted twice."""
 
 
