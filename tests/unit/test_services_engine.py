@@ -104,3 +104,25 @@ async def test_a_service_that_skips_super_init_is_told_so() -> None:
     async with Golem(budget=1, backend=MockBackend(1), event_consumer=lambda e: None) as golem:
         with pytest.raises(TypeError, match=r"super\(\).__init__\(\)"):
             await golem.run_service(Forgets, payload=await vm.repo())
+
+
+async def test_no_provider_at_all_ends_the_instance_with_no_providers_error() -> None:
+    from workgen import NoProvidersError
+
+    async with Golem(budget=1, backend=MockBackend(0), event_consumer=lambda e: None) as golem:
+        cluster = await golem.run_service(Idle)
+        (instance,) = cluster.instances
+        async with asyncio.timeout(10):
+            await _ended(instance)
+    assert instance.state is ServiceState.terminated
+    assert isinstance(instance.exc_info, NoProvidersError)
+
+
+async def test_leaving_golem_while_instances_start_ends_them_all() -> None:
+    seen: list[events.Event] = []
+    backend = MockBackend(2)
+    async with Golem(budget=1, backend=backend, event_consumer=seen.append) as golem:
+        cluster = await golem.run_service(Idle, num_instances=3)  # one more than providers
+    assert {s.state for s in cluster.instances} == {ServiceState.terminated}
+    made = {e.agreement_id for e in seen if isinstance(e, events.AgreementCreated)}
+    assert made == set(backend.terminated) == set(backend.invoices_paid)
