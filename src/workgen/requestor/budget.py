@@ -12,6 +12,7 @@ exceed the budget.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -114,3 +115,32 @@ class AgreementBudget:
         self._budget.reserved -= self.reserved
         self._budget.reserved += paid
         self._budget.paid += paid
+
+
+# How long before an agreement's budget deadline its reservation is topped up.
+EXTEND_AHEAD_SEC = 2.0
+
+
+def loop_time(deadline: float | None) -> float | None:
+    """A ``time.monotonic`` deadline in the event loop's clock."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
+async def extend_while_affordable(reservation: AgreementBudget,
+                                  deadline: asyncio.Timeout) -> None:
+    """Keeps moving the agreement's ``deadline`` while the budget can pay for more time.
+
+    A long task, a worker waiting on something of its own, or a service instance must not be
+    cut off while the budget still has room; only when it has none does the deadline stand.
+    """
+    while True:
+        when = reservation.deadline()
+        if when is None:
+            return
+        # A real timer: wake up a moment before the deadline and try to push it back.
+        await asyncio.sleep(max(0.0, when - time.monotonic() - EXTEND_AHEAD_SEC))
+        if not reservation.ensure(EXTEND_AHEAD_SEC * 2):
+            return
+        deadline.reschedule(loop_time(reservation.deadline()))

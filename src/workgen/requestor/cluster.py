@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
@@ -29,7 +28,7 @@ from typing import Any, Generic, TypeVar
 from ..backends.base import Activity, Agreement, Backend, Demand, Proposal
 from ..errors import ActivityLost, BudgetExhausted, WorkgenError
 from . import events
-from .budget import AgreementBudget
+from .budget import AgreementBudget, extend_while_affordable, loop_time
 from .market import Market, open_market
 from .payload import VmPayload
 from .payments import Payments
@@ -245,34 +244,17 @@ class _OutOfBudget(Exception):
 
 @contextlib.asynccontextmanager
 async def _budget_deadline(reservation: AgreementBudget) -> Any:
-    """The block runs while the budget can pay for the agreement: the reservation grows as
-    time goes; when it cannot, the block is cut off with :class:`_OutOfBudget`."""
-    loop = asyncio.get_running_loop()
+    """The block runs while the budget can pay for the agreement (the reservation grows as
+    time goes); when it cannot, the block is cut off with :class:`_OutOfBudget`."""
     try:
-        async with asyncio.timeout(None) as deadline:
-            async def extend() -> None:
-                while True:
-                    if not reservation.ensure(EXTEND_SEC * 2):
-                        when = reservation.deadline()
-                        deadline.reschedule(None if when is None
-                                            else loop.time() + (when - time.monotonic()))
-                        return
-                    when = reservation.deadline()
-                    if when is None:
-                        return
-                    deadline.reschedule(loop.time() + (when - time.monotonic()))
-                    await asyncio.sleep(max(0.0, when - time.monotonic() - EXTEND_SEC))
-
-            extender = asyncio.ensure_future(extend())
+        async with asyncio.timeout_at(loop_time(reservation.deadline())) as deadline:
+            extender = asyncio.ensure_future(extend_while_affordable(reservation, deadline))
             try:
                 yield
             finally:
                 extender.cancel()
     except TimeoutError:
         raise _OutOfBudget("the agreement used what the budget could give it") from None
-
-
-EXTEND_SEC = 2.0
 
 
 def _release(reservation: AgreementBudget) -> None:

@@ -27,7 +27,7 @@ from ..errors import (
     BudgetExhausted, JobTimeoutError, NoProvidersError, WorkgenError,
 )
 from . import events
-from .budget import AgreementBudget
+from .budget import AgreementBudget, extend_while_affordable, loop_time
 from .context import WorkContext
 from .market import Market, open_market
 from .payments import Payments
@@ -43,8 +43,6 @@ Worker = Callable[[WorkContext, AsyncIterator[Task[Any, Any]]], AsyncGenerator[S
 
 # The first task on a new agreement is assumed to take this long, for the budget's sake.
 FIRST_TASK_GUESS_SEC = 1.0
-# How long before an agreement's budget deadline its reservation is topped up.
-EXTEND_AHEAD_SEC = 2.0
 
 
 class _WorkerFailed(Exception):
@@ -247,9 +245,9 @@ class Job:
             activity, ctx, runner = await start_activity(
                 self._backend, agreement, job_id=self.id, emit=self._emit,
                 stream_output=self._stream_output)
-            async with asyncio.timeout_at(_loop_time(reservation.deadline())) as deadline, \
+            async with asyncio.timeout_at(loop_time(reservation.deadline())) as deadline, \
                     task_scope() as tg:
-                extender = tg.create_task(_extend_while_affordable(reservation, deadline))
+                extender = tg.create_task(extend_while_affordable(reservation, deadline))
                 try:
                     if self._implicit_init:
                         init = ctx.new_script()
@@ -337,7 +335,7 @@ class Job:
                 await self.queue.put_back(task)
                 state["budget_stop"] = True
                 return
-            deadline.reschedule(_loop_time(reservation.deadline()))
+            deadline.reschedule(loop_time(reservation.deadline()))
             task._start(ctx.provider_name)
             held.append(task)
             self._emit(events.TaskStarted(job_id=self.id, task_id=task.id, activity_id=ctx.id,
@@ -397,24 +395,6 @@ class Job:
                                      reason=reason, attempts=task.attempts))
 
 
-async def _extend_while_affordable(reservation: AgreementBudget,
-                                   deadline: asyncio.Timeout) -> None:
-    """Keeps moving the agreement's deadline while the budget can pay for more time.
-
-    A long task, or a worker waiting on something of its own, must not be cut off while the
-    budget still has room; only when it has none does the deadline stand.
-    """
-    while True:
-        when = reservation.deadline()
-        if when is None:
-            return
-        # A real timer: wake up a moment before the deadline and try to push it back.
-        await asyncio.sleep(max(0.0, when - time.monotonic() - EXTEND_AHEAD_SEC))
-        if not reservation.ensure(EXTEND_AHEAD_SEC * 2):
-            return
-        deadline.reschedule(_loop_time(reservation.deadline()))
-
-
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
@@ -422,13 +402,6 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if not isinstance(exc, asyncio.CancelledError):
             return exc
     return group
-
-
-def _loop_time(deadline: float | None) -> float | None:
-    """A ``time.monotonic`` deadline in the event loop's clock."""
-    if deadline is None:
-        return None
-    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
 def _short(exc: BaseException) -> str:
