@@ -3,9 +3,13 @@
 
     python examples/render.py [--frames 24] [--size 320x240] [--out render-out]
 
-Each worker sends the scene to its activity once (``send_file``), renders its frames there with
-``povray`` and brings each frame back (``download_file``); the frames are then put together into
-an animated GIF (``render-out/animation.gif``).
+POV-Ray runs inside an image of its own (``workgen/povray:bookworm``, Debian's ``povray``
+package), so this machine needs no ``povray``: the first run builds the image into the local
+image store, as ``workgen image build --debian bookworm --package povray --tag
+workgen/povray:bookworm`` would (about half a minute, from Debian's mirror); later runs reuse it.
+Each worker sends the scene to its activity once (``send_file``), renders its frames there and
+brings each frame back (``download_file``); the frames are then put together into an animated
+GIF (``render-out/animation.gif``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,18 @@ from typing import Any, AsyncIterator
 from PIL import Image
 
 from workgen import Golem, Task, WorkContext, vm
+from workgen.images import DebianRecipe, ImageFiles, ImageMetadata, build_image
 
 SCENE = Path(__file__).parent / "render" / "scene.pov"
+IMAGE = "workgen/povray:bookworm"
+
+
+def ensure_image() -> None:
+    """Build the renderer's image into the local store unless it is there already."""
+    if ImageFiles().resolve(IMAGE) is None:
+        print(f"building the image {IMAGE} (once)...", flush=True)
+        build_image(DebianRecipe("bookworm", ("povray",)),
+                    ImageMetadata(env=("HOME=/tmp",)), tags=[IMAGE])
 
 
 def make_worker(frames: int, width: int, height: int, out: Path) -> Any:
@@ -44,7 +58,8 @@ def make_worker(frames: int, width: int, height: int, out: Path) -> Any:
 
 async def main(frames: int, width: int, height: int, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    package = await vm.repo(min_mem_gib=0.5, min_storage_gib=1.0)
+    ensure_image()
+    package = await vm.repo(image_tag=IMAGE, min_mem_gib=0.5, min_storage_gib=1.0)
     rendered: dict[int, Path] = {}
     async with Golem(budget=1.0) as golem:
         worker = make_worker(frames, width, height, out)

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Sets up everything workgen needs on a Debian machine: system packages (bubblewrap for the
-# sandbox, e2fsprogs for each activity's own filesystem, the system python3 that runs inside
-# it, POV-Ray for the rendering example) and a virtual environment in .venv with the package
-# and its test tools. Safe to run again.
+# sandbox, e2fsprogs for each activity's own filesystem, the system python3 that runs its
+# supervisor, squashfs-tools and mmdebstrap to build and unpack Golem VM images) and a virtual
+# environment in .venv with the package and its test tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 [ -x /usr/bin/python3 ] || need+=(python3-minimal)
-command -v povray >/dev/null 2>&1 || need+=(povray)
+# Images: mksquashfs/unsquashfs make and unpack them, mmdebstrap builds them from Debian's
+# packages (the rendering example's POV-Ray comes in such an image, not on this machine).
+command -v unsquashfs >/dev/null 2>&1 || need+=(squashfs-tools)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 # mkfs.ext4 makes each activity's own bounded filesystem (a loop-mounted image).
 [ -x /sbin/mkfs.ext4 ] || [ -x /usr/sbin/mkfs.ext4 ] || need+=(e2fsprogs)
 if [ ${#need[@]} -gt 0 ]; then

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,9 +41,17 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 
 @pytest.fixture(scope="session")
-def test_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+def image_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's image store: the test devnet's registry serves it, and tests on the local
+    network resolve from it, so an image built once serves both."""
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="session")
+def test_devnet(tmp_path_factory: pytest.TempPathFactory, image_store_dir: Path
+                ) -> Iterator[Devnet]:
     """One devnet for the whole session, started when a test first needs it."""
-    net = start_test_devnet(tmp_path_factory.mktemp("devnet") / "net")
+    net = start_test_devnet(tmp_path_factory.mktemp("devnet") / "net", images=image_store_dir)
     try:
         yield net
     finally:

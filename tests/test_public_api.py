@@ -28,7 +28,7 @@ def test_every_error_is_a_workgen_error() -> None:
 
 GOLDEN = Path(__file__).parent / "golden" / "public_api.txt"
 MODULES = ("workgen", "workgen.requestor.events", "workgen.requestor.vm", "workgen.testing",
-           "workgen.backends.base")
+           "workgen.backends.base", "workgen.images")
 
 
 def _members(module: ModuleType) -> list[str]:

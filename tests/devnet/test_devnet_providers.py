@@ -16,6 +16,8 @@ import shlex
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -181,8 +183,15 @@ def test_a_requestor_uses_the_python_providers_of_a_devnet_from_the_cli(tmp_path
         up = workgen("up", "--providers", "2", "--dir", str(directory))
         assert up.returncode == 0, up.stderr
         state = json.loads((directory / "devnet.json").read_text())
-        assert [a["node"] for a in state["agents"]] == ["provider-1", "provider-2"]
+        # The image registry (on the requestor's side), then a provider agent per node.
+        assert [(a["name"], a["node"]) for a in state["agents"]] == [
+            ("image-registry", "requestor"), ("agent-provider-1", "provider-1"),
+            ("agent-provider-2", "provider-2")]
         assert all(alive(p) for p in recorded(state))
+        registry = read_env(directory / "devnet.env")["GOLEM_REGISTRY_URL"]
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"{registry}/v1/image/info?tag=no/such:1", timeout=10)
+        assert missing.value.code == 404
         asyncio.run(run_cycle(read_env(directory / "devnet.env"), state))
     finally:
         down, survivors = bring_down(directory)

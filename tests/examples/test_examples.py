@@ -7,10 +7,13 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from support.images import shared_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -20,22 +23,32 @@ BACKENDS = ["local", pytest.param("yagna", marks=pytest.mark.timeout(300))]
 
 
 def run_example(*args: str, cwd: Path, timeout: float = 120, backend: str = "local",
-                devnet: Path | None = None) -> subprocess.CompletedProcess[str]:
+                devnet: Path | None = None, images: Path | None = None,
+                image_cache: Path | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "workgen.cli.main", "run", *args[:1], "--backend", backend]
     if devnet is not None:
         command += ["--devnet-dir", str(devnet)]
     command += ["--", *args[1:]]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("YAGNA_", "GSB_"))}
+    if images is not None:
+        env["WORKGEN_IMAGES"] = str(images)
+    if image_cache is not None:
+        env["WORKGEN_IMAGE_CACHE"] = str(image_cache)
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           check=False, env=env)
 
 
 @pytest.fixture
-def where(request: pytest.FixtureRequest) -> dict[str, object]:
+def where(request: pytest.FixtureRequest, image_store_dir: Path) -> Iterator[dict[str, object]]:
+    """Where an example runs, with the session's image store (which the devnet serves) and an
+    image cache of its own."""
     backend = request.param
-    if backend == "yagna":
-        return {"backend": "yagna", "devnet": request.getfixturevalue("test_devnet").directory}
-    return {"backend": "local"}
+    with shared_dir("workgen-example-cache-") as cache:
+        found: dict[str, object] = {"backend": backend, "images": image_store_dir,
+                                    "image_cache": cache}
+        if backend == "yagna":
+            found["devnet"] = request.getfixturevalue("test_devnet").directory
+        yield found
 
 
 @pytest.mark.parametrize("where", BACKENDS, indirect=True)

@@ -1,6 +1,7 @@
 // A requestor written against golem-js 3's public API (its README's rental flow, plus files
 // both ways), run by test_golem_js.py with golem-js's own Node packages against the devnet.
 // Prints "DATE <stdout>" and "OUT <downloaded text as JSON>"; exits non-zero on failure.
+// The image is IMAGE_TAG (default golem/alpine:latest), resolved through GOLEM_REGISTRY_URL.
 const { GolemNetwork } = require("@golem-sdk/golem-js");
 
 (async () => {
@@ -9,7 +10,7 @@ const { GolemNetwork } = require("@golem-sdk/golem-js");
     await glm.connect();
     const rental = await glm.oneOf({
       order: {
-        demand: { workload: { imageTag: "golem/alpine:latest" } },
+        demand: { workload: { imageTag: process.env.IMAGE_TAG || "golem/alpine:latest" } },
         market: {
           rentHours: 0.5,
           // The limits golem-js's own examples set.

@@ -24,9 +24,12 @@ from pathlib import Path
 import pytest
 
 from support.http import serve
+from support.images import build_tiny, shared_dir
 from support.sdks import OfflineRegistry, devnet_env
 from support.networks import stop_test_devnet
 from workgen.devnet import Devnet
+from workgen.devnet.network import registry_url
+from workgen.images import ImageFiles
 
 INTEROP = Path(__file__).resolve().parents[2] / ".venv" / "interop"
 YAPAPI_PYTHON = INTEROP / "yapapi" / "bin" / "python"
@@ -36,18 +39,26 @@ INTERVAL = 10.0
 ACCEPT_TIMEOUT = 30.0
 
 
+INTEROP_TAG = "workgen/interop-tiny:1"
+
+
 @pytest.fixture(scope="module")
 def sdk_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    """A devnet as `workgen devnet up` makes it for other SDKs: its providers run the images
-    those SDKs name (which they don't have) on the host image."""
+    """A devnet as `workgen devnet up` makes it for other SDKs: it serves an image store (with
+    ``INTEROP_TAG`` in it) as its registry, and its providers run the images those SDKs name
+    that they can't get (Golem's public ones, offline) on the host image."""
     net = Devnet(tmp_path_factory.mktemp("sdk-devnet"))
     net.up(2)
-    try:
-        net.start_providers(dev_images=True, debit_note_interval=INTERVAL,
-                            accept_timeout=ACCEPT_TIMEOUT)
-        yield net
-    finally:
-        stop_test_devnet(net)
+    store = ImageFiles(tmp_path_factory.mktemp("sdk-images"))
+    build_tiny(store, INTEROP_TAG, marker="interop")
+    with shared_dir("workgen-sdk-cache-") as cache:
+        try:
+            net.serve_images(store.root)
+            net.start_providers(dev_images=True, debit_note_interval=INTERVAL,
+                                accept_timeout=ACCEPT_TIMEOUT, image_cache=cache)
+            yield net
+        finally:
+            stop_test_devnet(net)
 
 
 def run_requestor(argv: list[str], env: dict[str, str]) -> dict[str, str]:
@@ -88,6 +99,35 @@ def test_a_yapapi_task_longer_than_the_debit_note_interval_completes(sdk_devnet:
                                         "SLEEP": str(int(2.5 * INTERVAL))}
         lines = run_requestor([str(YAPAPI_PYTHON), str(HERE / "yapapi_requestor.py")], env)
     assert lines["OUT"] == repr(b"SENT BY YAPAPI\n"), lines
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.skipif(not YAPAPI_PYTHON.exists(), reason="scripts/setup.sh installs yapapi")
+def test_yapapi_resolves_a_tag_through_the_devnet_registry_and_runs_in_that_image(
+        sdk_devnet: Devnet) -> None:
+    env = devnet_env(sdk_devnet) | {"IMAGE_TAG": INTEROP_TAG,
+                                    "REGISTRY_URL": env_registry(sdk_devnet)}
+    lines = run_requestor([str(YAPAPI_PYTHON), str(HERE / "yapapi_requestor.py")], env)
+    assert lines["OUT"] == repr(b"SENT BY YAPAPI\n"), lines
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.skipif(not GOLEM_JS_MODULES.exists(), reason="scripts/setup.sh installs golem-js")
+def test_golem_js_resolves_a_tag_through_the_devnet_registry_and_runs_in_that_image(
+        sdk_devnet: Devnet) -> None:
+    """golem-js reads GOLEM_REGISTRY_URL from devnet.env as it is, and the provider downloads
+    the image from the link the registry gave."""
+    env = devnet_env(sdk_devnet) | {"IMAGE_TAG": INTEROP_TAG,
+                                    "NODE_PATH": str(GOLEM_JS_MODULES)}
+    assert env["GOLEM_REGISTRY_URL"] == env_registry(sdk_devnet)
+    lines = run_requestor(["node", str(HERE / "golem_js_requestor.cjs")], env)
+    assert lines["OUT"] == json.dumps("SENT BY GOLEM-JS\n"), lines
+
+
+def env_registry(devnet: Devnet) -> str:
+    url = registry_url(devnet.state())
+    assert url is not None
+    return url
 
 
 @pytest.mark.timeout(200)

@@ -4,7 +4,8 @@ ways), run by ``test_yapapi.py`` in yapapi's own environment against the devnet.
 Prints ``RUNNING <provider>`` when a worker starts, then ``DATE <stdout of date>`` and
 ``OUT <downloaded bytes>`` per task (``TASKS`` of them, one by default); exits non-zero on
 failure.
-The image is named by hash and URL, so yapapi asks no registry (the URL is a local stand-in).
+The image is named by hash and URL (``IMAGE_URL``), so yapapi asks no registry (the URL is a
+local stand-in); or, with ``IMAGE_TAG`` and ``REGISTRY_URL``, by tag through that registry.
 """
 
 import asyncio
@@ -37,7 +38,11 @@ async def worker(ctx: WorkContext, tasks):
 
 
 async def main() -> None:
-    package = await vm.repo(image_hash=HELLO_IMAGE, image_url=os.environ["IMAGE_URL"])
+    if "IMAGE_TAG" in os.environ:
+        package = await vm.repo(image_tag=os.environ["IMAGE_TAG"],
+                                repository_url=os.environ["REGISTRY_URL"])
+    else:
+        package = await vm.repo(image_hash=HELLO_IMAGE, image_url=os.environ["IMAGE_URL"])
     async with Golem(budget=1.0, subnet_tag=os.environ.get("YAGNA_SUBNET", "public")) as golem:
         tasks = [Task(data=None) for _ in range(int(os.environ.get("TASKS", "1")))]
         async for done in golem.execute_tasks(worker, tasks, payload=package,

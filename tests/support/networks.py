@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Callable, Iterable
 from decimal import Decimal
@@ -22,6 +24,8 @@ from support.yagna import pid_alive
 from workgen import Golem, LocalNetwork, ProviderFilter, events
 from workgen.backends.yagna import Yagna
 from workgen.devnet import Devnet
+from workgen.devnet.network import registry_url
+from workgen.images import ImageFiles
 from workgen.requestor.strategy import MarketStrategy, default_strategy
 
 HONEST = 3
@@ -34,15 +38,32 @@ OVERCHARGER = "devnet-overcharger"
 OFFLINE_REGISTRY = "http://127.0.0.1:9"
 
 
-def start_test_devnet(directory: Path) -> Devnet:
-    """A devnet of ``HONEST`` honest providers plus the overcharging one."""
+_IMAGE_CACHES: dict[Path, Path] = {}
+_IMAGE_STORES: dict[Path, Path] = {}
+
+
+def devnet_image_store(net: Devnet) -> ImageFiles:
+    """The image store the test devnet's registry serves (tests add images to it)."""
+    return ImageFiles(_IMAGE_STORES[net.directory])
+
+
+def start_test_devnet(directory: Path, images: Path | None = None) -> Devnet:
+    """A devnet of ``HONEST`` honest providers plus the overcharging one, and an image registry
+    serving the store ``images`` (default: beside ``directory``)."""
     net = Devnet(directory)
+    _IMAGE_STORES[net.directory] = images or directory.parent / "images"
     net.up(HONEST + 1)
+    # Sandbox users must pass through to the unpacked images: not under pytest's private
+    # temporary directory.
+    cache = Path(tempfile.mkdtemp(prefix="workgen-test-image-cache-"))
+    os.chmod(cache, 0o755)
+    _IMAGE_CACHES[net.directory] = cache
     try:
+        net.serve_images(devnet_image_store(net).root)
         # Debit notes every second: long jobs see many, and the allocation renewal is exercised.
-        # Strict images: a demand for an image the providers don't have is refused, as on the
+        # Strict images: a demand for an image the providers can't get is refused, as on the
         # local network.
-        net.start_providers(debit_note_interval=1.0, dev_images=False,
+        net.start_providers(debit_note_interval=1.0, dev_images=False, image_cache=cache,
                             nodes=[f"provider-{i + 1}" for i in range(HONEST)])
         net.start_agent(f"agent-{OVERCHARGER}", f"provider-{HONEST + 1}", [
             # -P: not this folder first on the path (its http.py would shadow the stdlib's).
@@ -64,6 +85,9 @@ def stop_test_devnet(net: Devnet) -> None:
     state = net.state()
     recorded = [n.pid for n in state.nodes] + [a.pid for a in state.agents]
     net.down()
+    cache = _IMAGE_CACHES.pop(net.directory, None)
+    if cache is not None:
+        shutil.rmtree(cache, ignore_errors=True)
     left = [pid for pid in recorded if pid_alive(pid)]
     assert not left, f"devnet processes left running: {left}"
 
@@ -107,11 +131,15 @@ class DevnetNet:
     def __init__(self, devnet: Devnet) -> None:
         self.devnet = devnet
 
-    def backend(self, *, subnet: str | None = None) -> Yagna:
+    def backend(self, *, subnet: str | None = None, registry: bool = False) -> Yagna:
+        """A yagna backend on the requestor node; its image registry is the devnet's if
+        ``registry``, else an unreachable one."""
         state = self.devnet.state()
         node = state.requestor
         yagna = Yagna(api_url=node.api_url, appkey=node.appkey, gsb_url=node.gsb_url,
-                      subnet=subnet or state.subnet, registry_url=OFFLINE_REGISTRY)
+                      subnet=subnet or state.subnet,
+                      registry_url=(registry_url(state) if registry else None)
+                      or OFFLINE_REGISTRY)
         # Offers reach a new demand within seconds on the devnet; a missing one is not coming.
         yagna.startup_timeout = 15.0
         return yagna

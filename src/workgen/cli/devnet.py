@@ -44,9 +44,16 @@ def add_parser(commands: Any) -> None:
     up.add_argument("--no-agents", action="store_true",
                     help="start the daemons only, without the Python providers")
     up.add_argument("--strict-images", action="store_true",
-                    help="providers refuse demands that name an image they do not have "
-                         "(default: they run such images on the host system image, so other "
-                         "SDKs' examples run unchanged)")
+                    help="providers refuse demands whose image they can neither find nor "
+                         "fetch (default: such images run on the host system image, which "
+                         "the deploy's output and the provider's log say, so other SDKs' "
+                         "examples that name images of Golem's registry run offline)")
+    up.add_argument("--image-store", type=Path, default=None, metavar="DIR",
+                    help="the image store served to the devnet's requestors and providers as "
+                         "its image registry (default: $WORKGEN_IMAGES or "
+                         "~/.local/share/workgen/images)")
+    up.add_argument("--no-image-registry", action="store_true",
+                    help="serve no image registry (GOLEM_REGISTRY_URL is then not set)")
     up.add_argument("--debit-note-interval", type=seconds, default=60.0, metavar="SECONDS",
                     help="how often the providers send debit notes (default: 60)")
     up.add_argument("--debit-note-accept-timeout", type=seconds, default=None,
@@ -71,6 +78,8 @@ def _up(args: argparse.Namespace) -> int:
         return _fail(exc, 1)
     if not args.no_agents:
         try:
+            if not args.no_image_registry:
+                devnet.serve_images(args.image_store)
             devnet.start_providers(dev_images=not args.strict_images,
                                    debit_note_interval=args.debit_note_interval,
                                    accept_timeout=args.debit_note_accept_timeout)

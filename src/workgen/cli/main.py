@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .._aio import Signalled, signals_as_interrupt
-from . import devnet, exeunit, provider, run
+from . import devnet, exeunit, image, provider, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     exeunit.add_parser(commands)
     devnet.add_parser(commands)
     provider.add_parser(commands)
+    image.add_parser(commands)
     run.add_parser(commands)
     return parser
 

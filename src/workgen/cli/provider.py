@@ -13,11 +13,13 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from .._aio import until_signalled
 from ..protocol.pricing import LinearPricing
 from ..protocol.properties import USAGE_CPU_SEC, USAGE_DURATION_SEC
+from ..provider.images import DEFAULT_MAX_CACHE_BYTES, DEFAULT_MAX_IMAGE_BYTES
 from ..provider.terms import DEFAULT_ACCEPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT
 from ._options import price, seconds, size_gib, whole
 
@@ -58,6 +60,28 @@ def add_parser(commands: Any) -> None:
                      help="run demands that name an image this provider does not have on the "
                           "host system image (development mode; also WORKGEN_DEV_IMAGES=1), "
                           "instead of refusing them")
+    images = run.add_argument_group("images")
+    images.add_argument("--image-store", type=Path, default=None, metavar="DIR",
+                        help="also run images from this image store (see 'workgen image') "
+                             "without downloading them (default: none)")
+    images.add_argument("--image-cache", type=Path, default=None, metavar="DIR",
+                        help="where images are unpacked (default: /var/cache/workgen/images "
+                             "as root, else ~/.cache/workgen/images)")
+    images.add_argument("--image-cache-gib", type=size_gib,
+                        default=DEFAULT_MAX_CACHE_BYTES / (1 << 30), metavar="GIB",
+                        help="the cache's bound; least recently used images go first "
+                             f"(default: {DEFAULT_MAX_CACHE_BYTES / (1 << 30):g})")
+    images.add_argument("--max-image-gib", type=size_gib,
+                        default=DEFAULT_MAX_IMAGE_BYTES / (1 << 30), metavar="GIB",
+                        help="the largest image download taken "
+                             f"(default: {DEFAULT_MAX_IMAGE_BYTES / (1 << 30):g})")
+    images.add_argument("--image-source", action="append", default=[], metavar="URL",
+                        help="a non-public address images may be fetched from (an image "
+                             "registry on loopback, say; repeatable). Public addresses are "
+                             "always allowed")
+    images.add_argument("--no-image-download", action="store_true",
+                        help="never download images (run only the host image, the store's "
+                             "and those already cached)")
     run.set_defaults(handler=run_agent)
 
 
@@ -65,7 +89,8 @@ def run_agent(args: argparse.Namespace, *, overcharge: float = 1.0) -> int:
     """Run the provider the parsed options describe. ``overcharge`` (bill that many times the
     agreed price) exists for tests of requestors against a dishonest provider; operators have
     no option for it."""
-    from ..provider.images import ImageResolver, ImageStore
+    from ..images import ImageFiles
+    from ..provider.images import FetchPolicy, ImageCache, ImageResolver, ImageStore
     from ..provider.offer import ProviderConfig
     from ..provider.yagna import YagnaApiError, run_provider
 
@@ -93,9 +118,17 @@ def run_agent(args: argparse.Namespace, *, overcharge: float = 1.0) -> int:
             subnet=args.subnet, debit_note_interval=args.debit_note_interval,
             idle_timeout=args.idle_agreement_timeout,
             accept_timeout=args.debit_note_accept_timeout, overcharge=overcharge,
-            images=ImageResolver(ImageStore(), dev_images=args.dev_images,
-                                 remedy="it runs only the host system image (with "
-                                        "--dev-images it would run this image there)"))))
+            images=ImageResolver(
+                ImageStore(), dev_images=args.dev_images,
+                remedy="it runs the host system image, images it can download (the demand's "
+                       "task package URL) and those of its --image-store (with --dev-images "
+                       "it would run this image on the host system image)",
+                files=ImageFiles(args.image_store) if args.image_store else None,
+                cache=ImageCache(args.image_cache,
+                                 max_bytes=int(args.image_cache_gib * (1 << 30))),
+                fetch=None if args.no_image_download else FetchPolicy(
+                    max_bytes=int(args.max_image_gib * (1 << 30)),
+                    sources=tuple(args.image_source))))))
     except YagnaApiError as exc:
         print(f"workgen provider: the yagna node failed: {exc}", file=sys.stderr)
         return 1

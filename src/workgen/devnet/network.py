@@ -232,10 +232,35 @@ class Devnet:
             raise
         return agent
 
+    def serve_images(self, store: str | os.PathLike[str] | None = None, *,
+                     timeout: float = 15.0) -> str:
+        """Starts ``workgen image serve`` on the image store ``store`` (the default store if
+        ``None``) as one of the devnet's agents, so ``down`` stops it; returns its URL, which
+        the env file then names as ``GOLEM_REGISTRY_URL`` and :meth:`start_providers` lets its
+        providers fetch from."""
+        port = _PortPicker().rest()
+        argv = [sys.executable, "-m", "workgen.cli.main", "image", "serve", "--port", str(port)]
+        if store is not None:
+            argv += ["--store", str(Path(store).absolute())]
+        agent = self.start_agent(REGISTRY_AGENT, REQUESTOR, argv)
+        url = f"http://{LOOPBACK}:{port}"
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while not _answers(LOOPBACK, port):
+            if not agent.process.running() or time.monotonic() > deadline:
+                raise DevnetError(f"the image registry did not start on {url}; see "
+                                  f"{agent.log_path}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        with self._locked(wait=True):
+            write_atomic(self.env_path, env_text(self.state()))
+        return url
+
     def start_providers(self, *, debit_note_interval: float = 60.0,
                         accept_timeout: float | None = None,
                         nodes: Sequence[str] | None = None,
-                        dev_images: bool = True) -> list[AgentState]:
+                        dev_images: bool = True,
+                        image_cache: str | os.PathLike[str] | None = None) -> list[AgentState]:
         """Starts one Python provider (``workgen provider run``) on each provider node (or on
         the ``nodes`` named).
 
@@ -243,7 +268,9 @@ class Devnet:
         send debit notes every ``debit_note_interval`` and offer ``accept_timeout`` as the
         deadline for accepting them (the provider's default if ``None``). With
         ``dev_images`` they run a demand's image they don't have on the host system image
-        (other SDKs always name an image); without, they refuse such demands.
+        (other SDKs always name an image); without, they refuse such demands. They fetch
+        images from the devnet's registry (:meth:`serve_images`) as from the internet, and
+        unpack them into ``image_cache`` (the provider's default if ``None``).
         """
         from ..provider.offer import default_provider_configs
         from ..protocol.properties import USAGE_CPU_SEC, USAGE_DURATION_SEC
@@ -267,6 +294,11 @@ class Devnet:
             ]
             if accept_timeout is not None:
                 argv += ["--debit-note-accept-timeout", str(accept_timeout)]
+            registry = registry_url(state)
+            if registry is not None:
+                argv += ["--image-source", registry]
+            if image_cache is not None:
+                argv += ["--image-cache", str(Path(image_cache).absolute())]
             agents.append(self.start_agent(f"agent-{node.name}", node.name, argv))
         return agents
 
@@ -406,11 +438,34 @@ def env_text(state: DevnetState) -> str:
     # golem-js reads the payment settings under these names.
     settings |= {"PAYMENT_NETWORK": state.payment_network, "PAYMENT_DRIVER": state.payment_driver}
     lines += [f"export {k}={shlex.quote(v)}" for k, v in settings.items()]
+    registry = registry_url(state)
+    if registry is not None:
+        # Read by golem-js and workgen's yagna backend (yapapi: vm.repo(repository_url=...)).
+        lines.append(f"export GOLEM_REGISTRY_URL={shlex.quote(registry)}")
     tools = Path(sys.executable).parent
     if (tools / "gftp").exists():
         # yapapi starts `gftp server` from PATH; workgen's is installed beside this Python.
         lines.append(f'export PATH={shlex.quote(str(tools))}:"$PATH"')
     return "\n".join(lines) + "\n"
+
+
+REGISTRY_AGENT = "image-registry"
+
+
+def registry_url(state: DevnetState) -> str | None:
+    """The URL of the devnet's image registry, if it serves one."""
+    for agent in state.agents:
+        if agent.name == REGISTRY_AGENT and "--port" in agent.argv:
+            return f"http://{LOOPBACK}:{agent.argv[agent.argv.index('--port') + 1]}"
+    return None
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 class _PortPicker:

@@ -37,7 +37,7 @@ from ..protocol.properties import (
 )
 from .exeunit.transfer import RemoteScheme
 from .exeunit.unit import ExeUnit, ExeUnitConfig
-from .images import ImageResolver
+from .images import Image, ImageResolver
 from .offer import INET, ProviderConfig, asks_for_inet, offer_properties
 from .runtime.sandbox import Resources
 from .terms import (
@@ -178,7 +178,7 @@ class AgentAgreement:
     pricing: LinearPricing
     terms: PaymentTerms
     inet: bool
-    rootfs: Path | None
+    rootfs: Image
     expires_at: float | None
     """When the agreement ends (epoch seconds), if it says."""
     state: Literal["Approved", "Terminated"] = "Approved"

@@ -58,6 +58,10 @@ class _Misuse(Exception):
         self.error = error
 
 
+START_FAILURE_LIMIT = 5
+"""Activities failing to start in a row (none started between) that end a job."""
+
+
 class Job:
     def __init__(self, *, backend: Backend, payments: Payments, strategy: MarketStrategy,
                  emit: Callable[[events.Event], None], stream_output: bool, worker: Worker,
@@ -91,6 +95,10 @@ class Job:
         # Reservations held by signings still under way: they are money about to work, so a
         # slot short of budget must wait for them as for running agreements.
         self._signing_reserved = 0
+        # Activities that failed to start (create, deploy, start) since one last started: a
+        # provider that can never start one (an image it can't run) must not loop forever.
+        self._failed_starts = 0
+        self._last_start_failure = ""
 
     # -- the job as a whole ------------------------------------------------------------------
 
@@ -186,6 +194,10 @@ class Job:
                 self._active_agreements -= 1
                 async with self._agreement_ended:
                     self._agreement_ended.notify_all()
+            if self._failed_starts >= START_FAILURE_LIMIT:
+                raise NoProvidersError(
+                    f"job {self.id}: {self._failed_starts} activities in a row failed to "
+                    f"start; the last: {self._last_start_failure}")
 
     def _budget_may_suffice(self) -> bool:
         free = self._budget.free
@@ -241,6 +253,7 @@ class Job:
         reason = "all work done"
         activity: Activity | None = None
         pending: Task[Any, Any] | None = first
+        started = False
         try:
             activity, ctx, runner = await start_activity(
                 self._backend, agreement, job_id=self.id, emit=self._emit,
@@ -254,6 +267,8 @@ class Job:
                         init.deploy()
                         init.start()
                         await runner.run(init)
+                    started = True
+                    self._failed_starts = 0
                     while pending is not None:
                         task, pending = pending, None
                         if await self._drive(ctx, runner, task, reservation, deadline):
@@ -274,6 +289,9 @@ class Job:
             raise
         except (WorkgenError, _WorkerFailed, Exception) as exc:
             reason = f"failed: {_short(exc)}"
+            if not started:
+                self._failed_starts += 1
+                self._last_start_failure = f"{agreement.provider_name}: {_short(exc)}"
             self._strategy.report_failure(agreement.provider_id, reason)
             self._emit(events.ActivityFailed(job_id=self.id,
                                              activity_id=activity.id if activity else "",

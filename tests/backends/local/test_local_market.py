@@ -118,14 +118,14 @@ async def test_a_malformed_constraint_is_a_clear_error() -> None:
 
 async def test_an_unknown_image_is_image_not_found_naming_it() -> None:
     async with LocalNetwork(1) as net:
-        _, demand = await paid_demand(
-            net, props={TASK_PACKAGE: f"hash:sha3:{IMAGE_HASH}:http://example.com/x.gvmi"})
+        # No URL: nowhere to fetch it from (with one, it would be fetched at deploy).
+        _, demand = await paid_demand(net, props={TASK_PACKAGE: f"hash:sha3:{IMAGE_HASH}"})
         with pytest.raises(ImageNotFound, match=IMAGE_HASH) as caught:
             await net.subscribe_demand(demand)
         _, tagged = await paid_demand(net, props={"golem.srv.comp.vm.image_tag": "nope:1"})
         with pytest.raises(ImageNotFound, match="nope:1"):
             await net.subscribe_demand(tagged)
-    assert "ImageStore.register" in str(caught.value) and "dev_images" in str(caught.value)
+    assert "workgen image build" in str(caught.value) and "dev_images" in str(caught.value)
 
 
 async def test_a_registered_image_gives_the_activity_its_rootfs(tmp_path: Path) -> None:
@@ -151,8 +151,7 @@ async def test_dev_mode_runs_an_unknown_image_on_the_host_image_with_one_warning
 ) -> None:
     caplog.set_level(logging.WARNING, logger="workgen.provider.images")
     async with LocalNetwork(1, dev_images=True) as net:
-        _, demand = await paid_demand(
-            net, props={TASK_PACKAGE: f"hash:sha3:{IMAGE_HASH}:http://h/x.gvmi"})
+        _, demand = await paid_demand(net, props={TASK_PACKAGE: f"hash:sha3:{IMAGE_HASH}"})
         await drain(await net.subscribe_demand(demand))
         agreement, activity = await ready_activity(net, demand)
         assert net.exe_unit(activity.id).config.rootfs is None

@@ -43,7 +43,8 @@ from ...protocol.properties import COM_PAYMENT_CHOSEN_PLATFORM, payment_platform
 from ...protocol.results import utc_now
 from ...provider.agent import AgentAgreement, NegotiationRejected, ProviderAgent
 from ...provider.exeunit.unit import ExeUnit
-from ...provider.images import DEV_IMAGES_ENV, ImageResolver, ImageStore
+from ...images.store import ImageFiles
+from ...provider.images import DEV_IMAGES_ENV, FetchPolicy, ImageCache, ImageResolver, ImageStore
 from ...provider.offer import ProviderConfig, default_provider_configs
 from ...provider.terms import DEFAULT_IDLE_TIMEOUT
 from .activity import ActivityRecord
@@ -63,8 +64,12 @@ class LocalNetwork:
     """An in-process Golem network of ``providers`` (default: one per CPU core).
 
     ``debit_note_interval`` is what providers offer (a demand may ask for another, see
-    :mod:`workgen.provider.terms`); ``images`` resolves demands' images (``dev_images=True`` or
-    ``WORKGEN_DEV_IMAGES=1`` runs unknown ones on the host image); ``work_root`` is where the
+    :mod:`workgen.provider.terms`). A demand's image is found among the root directories
+    registered in ``images``, then in ``image_files`` (the image store ``workgen image``
+    manages, by default), then at the demand's URL (the network's providers are the user's own
+    machine, so loopback addresses are allowed); images are unpacked into ``image_cache`` (by
+    default the user's cache). ``dev_images=True`` or ``WORKGEN_DEV_IMAGES=1`` runs images found
+    nowhere on the host image, with a warning. ``work_root`` is where the
     network's temporary directory goes (the system's temporary directory by default). A
     provider breaks an agreement that has had no live activity for
     ``idle_agreement_timeout`` seconds, as on yagna.
@@ -85,6 +90,8 @@ class LocalNetwork:
         dev_images: bool = False,
         work_root: Path | None = None,
         idle_agreement_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        image_files: ImageFiles | None = None,
+        image_cache: ImageCache | None = None,
     ):
         if providers is None:
             configs = default_provider_configs(os.cpu_count() or 1)
@@ -112,9 +119,12 @@ class LocalNetwork:
         self._work_root = work_root
         self._resolver = ImageResolver(
             self.images, dev_images=self.dev_images, owner="the local network",
-            remedy="register its root directory with ImageStore.register(rootfs, hash=..., "
-                   "tags=[...]), or run in development mode (LocalNetwork(dev_images=True) or "
-                   f"{DEV_IMAGES_ENV}=1) to use the host system image instead")
+            remedy="build or add it with 'workgen image build|add' (or register a root "
+                   "directory with ImageStore.register(rootfs, hash=..., tags=[...])), or run "
+                   "in development mode (LocalNetwork(dev_images=True) or "
+                   f"{DEV_IMAGES_ENV}=1) to use the host system image instead",
+            files=image_files if image_files is not None else ImageFiles(),
+            cache=image_cache, fetch=FetchPolicy(allow_private=True))
         self._market = Market()
         self._providers: dict[str, ProviderAgent] = {}
         self._agreements: dict[str, ProviderAgent] = {}

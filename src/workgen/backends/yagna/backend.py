@@ -59,6 +59,9 @@ def _iso(moment: datetime | None = None) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_IMAGE_KEYS = (SRV_COMP_VM_IMAGE_TAG, SRV_COMP_TASK_PACKAGE, SRV_COMP_VM_PACKAGE_FORMAT)
+
+
 class _Subscription:
     """A demand on the daemon's market; iterating it long-polls its events."""
 
@@ -526,6 +529,11 @@ class Yagna:
 
     async def counter_proposal(self, subscription: Any, proposal: Proposal,
                                demand: Demand) -> None:
+        # The image as the subscription resolved it: a tag means nothing to providers.
+        resolved = subscription.demand.properties
+        props = {k: v for k, v in demand.properties.items() if k not in _IMAGE_KEYS}
+        props |= {k: v for k, v in resolved.items() if k in _IMAGE_KEYS}
+        demand = Demand(properties=props, constraints=demand.constraints)
         try:
             counter_id = await self.api.post(f"/market-api/v1/demands/{subscription.id}/"
                                              f"proposals/{proposal.id}", json=_demand_doc(demand))

@@ -38,6 +38,7 @@ from ...protocol.results import (
 )
 from ..runtime.channel import CommandHandle, SandboxError, SandboxLost, SupervisorChannel
 from ..runtime.sandbox import DEFAULT_PATH, Resources, SandboxSpec, open_sandbox, sandbox_user
+from ..images import GvmiImage, Image, ImageLease, ImageUnavailable
 from .batch import Batch, EventSubscription
 from .capture import DEFAULT_MAX_AT_END, Collector
 from .transfer import RemoteScheme, TransferError, transfer
@@ -81,8 +82,9 @@ class UnknownBatch(ExeUnitError):
 class ExeUnitConfig:
     resources: Resources = field(default_factory=Resources)
     inet: bool = False
-    rootfs: Path | None = None
-    """The image's root directory; ``None`` runs on the host's system directories."""
+    rootfs: Image = None
+    """What the activity runs on: an image's root directory, a GVMI image prepared at
+    ``deploy``, or (``None``) the host's system directories."""
     work_root: Path | None = None
     """Where activity directories are made (a fresh temporary directory by default)."""
     max_at_end: int = DEFAULT_MAX_AT_END
@@ -136,6 +138,9 @@ class ExeUnit:
         self._volumes: Volumes | None = None
         self._user = sandbox_user()
         self._env: dict[str, str] = {}
+        self._image: ImageLease | None = None
+        self._rootfs: Path | None = None
+        self._workdir = WORKDIR
         self._channel: SupervisorChannel | None = None
         self._stop_sandbox = asyncio.Event()
         self._shutdown_lock = asyncio.Lock()
@@ -194,6 +199,9 @@ class ExeUnit:
         if self._dir is not None:
             await self._dir.aclose()
             self._dir = None
+        if self._image is not None:
+            self._image.release()
+            self._image = None
         self._ended_at = time.monotonic()
         self._set_state(ActivityState.TERMINATED)
         self.state_reason = reason
@@ -384,8 +392,7 @@ class ExeUnit:
     async def _execute(self, b: Batch, index: int, cmd: Command) -> _Outcome:
         if isinstance(cmd, Deploy):
             self._need(cmd, ActivityState.INITIALIZED)
-            await self._deploy(cmd)
-            return _Outcome()
+            return await self._deploy(b, index, cmd)
         if isinstance(cmd, Start):
             self._need(cmd, ActivityState.DEPLOYED)
             await self._start()
@@ -419,7 +426,7 @@ class ExeUnit:
                 + (f" ({self.state_reason})" if self.state_reason else "")
             )
 
-    async def _deploy(self, cmd: Deploy) -> None:
+    async def _deploy(self, b: Batch, index: int, cmd: Deploy) -> _Outcome:
         if cmd.net:
             raise _Failed("deploy: VPN networks ('net') are not supported by this execution unit")
         root = self.config.work_root
@@ -427,18 +434,62 @@ class ExeUnit:
             root.mkdir(parents=True, exist_ok=True)
             if self._user is not None:
                 _check_searchable(root)
+        lines: list[str] = []
+        image_env: dict[str, str] = {}
+        volumes: tuple[str, ...] = ()
+        image = self.config.rootfs
+        if isinstance(image, GvmiImage):
+            # Progress goes out as the command's output while it happens, in order.
+            pending: asyncio.Queue[str | None] = asyncio.Queue()
+
+            def note(line: str) -> None:
+                lines.append(line)
+                pending.put_nowait(line)
+
+            async def pump() -> None:
+                while (line := await pending.get()) is not None:
+                    await b.publish(_event(b, index, StdOut(line + "\n")))
+
+            failure: ImageUnavailable | None = None
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(pump())
+                try:
+                    self._image = await image.prepare(note)
+                except ImageUnavailable as exc:
+                    failure = exc
+                finally:
+                    pending.put_nowait(None)
+            if failure is not None and image.host_if_unavailable:
+                lines.append(f"development mode: image {image.hash} is unavailable ({failure}); "
+                             "running on the host system image")
+                log.warning("activity %s: %s", self.activity_id, lines[-1])
+            elif failure is not None or self._image is None:
+                raise _Failed(f"deploy: {failure}", stdout="".join(f"{x}\n" for x in lines))
+            if self._image is not None:
+                prepared = self._image.image
+                self._rootfs = prepared.rootfs
+                image_env = prepared.metadata.env_map
+                volumes = prepared.metadata.volumes
+                # As Golem's VM runtime: the image's working directory, else the root.
+                self._workdir = prepared.metadata.working_dir or "/"
+        else:
+            self._rootfs = image
+        if self._rootfs is not None and self._user is not None:
+            _check_searchable(self._rootfs, "image root")
         self._dir = await make_activity_dir(root, self.activity_id,
-                                            self.config.resources.storage_bytes, self._user)
+                                            self.config.resources.storage_bytes, self._user,
+                                            volumes)
         self._volumes = Volumes(self.volumes, self._user)
-        self._env = dict(cmd.env)
+        self._env = image_env | dict(cmd.env)
         self._set_state(ActivityState.DEPLOYED)
+        return _Outcome(stdout="".join(f"{line}\n" for line in lines) or None)
 
     async def _start(self) -> None:
         assert self._tg is not None
         assert self._dir is not None
         spec = SandboxSpec(
             volumes=self.volumes, resources=self.config.resources, inet=self.config.inet,
-            rootfs=self.config.rootfs, hostname=self.config.hostname, tmp=self._dir.tmp,
+            rootfs=self._rootfs, hostname=self.config.hostname, tmp=self._dir.tmp,
             name=f"act-{self.activity_id[:12]}",
         )
         started: asyncio.Future[SupervisorChannel] = asyncio.get_running_loop().create_future()
@@ -491,7 +542,8 @@ class ExeUnit:
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", **self._env,
                **(cmd.env or {})}
         try:
-            handle = await channel.spawn([cmd.entry_point, *cmd.args], env, WORKDIR, on_output)
+            handle = await channel.spawn([cmd.entry_point, *cmd.args], env, self._workdir,
+                                         on_output)
         except SandboxLost as exc:
             await self._lost(str(exc))
             raise _Failed(f"run: the activity's sandbox is gone ({exc})") from exc
@@ -598,11 +650,12 @@ def _signal_name(sig: int) -> str:
         return f"signal {sig}"
 
 
-def _check_searchable(root: Path) -> None:
-    """Sandboxes run as other users, who must be able to pass through ``root`` to their volumes."""
+def _check_searchable(root: Path, what: str = "work root") -> None:
+    """Sandboxes run as other users, who must be able to pass through ``root`` to their volumes
+    (or to an image's root filesystem)."""
     for directory in [root.resolve(), *root.resolve().parents]:
         if not os.stat(directory).st_mode & 0o001:
             raise _Failed(
-                f"deploy: the work root {root} is not reachable by sandbox users: "
+                f"deploy: the {what} {root} is not reachable by sandbox users: "
                 f"{directory} lacks search permission for others (chmod o+x)"
             )

@@ -45,14 +45,19 @@ _MIN_FILES, _MAX_FILES = 4096, 1_000_000
 class ActivityDir:
     """The host side of an activity's storage; use :func:`make_activity_dir`."""
 
-    def __init__(self, path: Path, disk: ActivityDisk | None):
+    def __init__(self, path: Path, disk: ActivityDisk | None, extra: tuple[str, ...] = ()):
         self.path = path
         self.disk = disk
+        self.extra = tuple(v for v in extra if v not in VOLUMES)
+        """Volumes an image declares besides Golem's own."""
 
     @property
     def volumes(self) -> dict[str, Path]:
         """Container path to the host directory behind it."""
-        return {v: self.path / v.strip("/").replace("/", "_") for v in VOLUMES}
+        found = {v: self.path / v.strip("/").replace("/", "_") for v in VOLUMES}
+        # Numbered: an image's paths could otherwise collide once flattened.
+        found.update({v: self.path / f"vol-{i}" for i, v in enumerate(self.extra)})
+        return found
 
     @property
     def tmp(self) -> Path | None:
@@ -69,15 +74,17 @@ class ActivityDir:
 
 
 async def make_activity_dir(root: Path | None, activity_id: str, storage_bytes: int,
-                            owner: tuple[int, int] | None) -> ActivityDir:
+                            owner: tuple[int, int] | None,
+                            extra_volumes: tuple[str, ...] = ()) -> ActivityDir:
     """Make an activity's directory under ``root`` (the system's temporary directory if
-    ``None``), with its volumes owned by ``owner`` (the sandbox's user, when not ours)."""
+    ``None``), with its volumes (Golem's, and ``extra_volumes`` an image declares) owned by
+    ``owner`` (the sandbox's user, when not ours)."""
     base = Path(root) if root is not None else Path(tempfile.gettempdir())
     await _sweep_once(base.resolve())
     path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-{activity_id[:12]}-", dir=base))
     # Searchable, not listable: the sandbox's own user must reach its volumes through it.
     os.chmod(path, 0o711)
-    activity = ActivityDir(path, None)
+    activity = ActivityDir(path, None, extra_volumes)
     try:
         activity.disk = await _disk(path, storage_bytes)
         made = list(activity.volumes.values())

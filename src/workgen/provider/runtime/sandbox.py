@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,22 +145,26 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
                 argv += ["--symlink", os.readlink(path), path]
             elif os.path.isdir(path):
                 argv += ["--ro-bind", path, path]
-        python = Path(CONTAINER_PYTHON)
+        if not Path(CONTAINER_PYTHON).exists():
+            raise SandboxError(
+                f"the host has no {CONTAINER_PYTHON}, which the sandbox's supervisor needs "
+                "(on Debian: apt-get install python3-minimal)")
+        interpreter: tuple[str, ...] = (CONTAINER_PYTHON,)
     else:
         for entry in sorted(root.iterdir()):
             target = "/" + entry.name
-            if entry.name in ("proc", "dev", "tmp", "golem"):
+            if entry.name in ("proc", "dev", "tmp", "golem", SUPERVISOR_DIR.strip("/")):
                 continue
             if entry.is_symlink():
                 argv += ["--symlink", os.readlink(entry), target]
             elif entry.is_dir():
                 argv += ["--ro-bind", str(entry), target]
-        python = root / CONTAINER_PYTHON.lstrip("/")
-    if not python.exists():
-        raise SandboxError(
-            f"the image has no {CONTAINER_PYTHON}, which the sandbox's supervisor needs "
-            "(on Debian: apt-get install python3-minimal)"
-        )
+        # The image's own programs may lack Python, or have another C library: the supervisor
+        # runs on the host's interpreter, brought in beside the image at a path of its own.
+        runtime = supervisor_runtime()
+        for source, target in runtime.binds:
+            argv += ["--ro-bind", source, target]
+        interpreter = runtime.argv
     argv += ["--proc", "/proc", "--dev", "/dev"]
     if spec.tmp is not None:
         argv += ["--bind", str(spec.tmp), "/tmp"]
@@ -171,8 +176,60 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
     # outside the volumes and /tmp can be written.
     argv += ["--remount-ro", "/"]
     workdir = "/golem/work" if "/golem/work" in spec.volumes else "/"
-    argv += ["--chdir", workdir, CONTAINER_PYTHON]
+    argv += ["--chdir", workdir, *interpreter]
     return argv
+
+
+SUPERVISOR_DIR = "/.workgen"
+"""Where an image's sandbox finds the host's Python that runs the supervisor."""
+
+
+@dataclass(frozen=True)
+class SupervisorRuntime:
+    binds: tuple[tuple[str, str], ...]
+    """(host path, sandbox path) pairs, read-only."""
+    argv: tuple[str, ...]
+
+
+@functools.cache
+def supervisor_runtime() -> SupervisorRuntime:
+    """The host's Python, relocated under :data:`SUPERVISOR_DIR`: its executable, its standard
+    library and the shared libraries it links, run through the host's dynamic loader (so the
+    image's C library, or its lack of one, does not matter)."""
+    python = os.path.realpath(CONTAINER_PYTHON)
+    if not os.path.exists(python):
+        raise SandboxError(f"the host has no {CONTAINER_PYTHON}, which the sandbox's supervisor "
+                           "needs (on Debian: apt-get install python3-minimal)")
+    probe = subprocess.run([python, "-I", "-S", "-c",
+                            "import sys, sysconfig; print(sysconfig.get_path('stdlib'))"],
+                           capture_output=True, text=True, check=True)
+    stdlib = probe.stdout.strip()
+    libraries: dict[str, str] = {}
+    loader = None
+    # The interpreter's own libraries, and those of its compiled modules (ctypes needs libffi).
+    dynload = Path(stdlib) / "lib-dynload"
+    for binary in [python, *map(str, sorted(dynload.glob("*.so")))]:
+        linked = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+        for line in linked.splitlines():
+            fields = line.split()
+            if "=>" in fields and len(fields) > fields.index("=>") + 1:
+                path = fields[fields.index("=>") + 1]
+                if path.startswith("/"):
+                    # Under the name the binary asks for (libz.so.1), not the file's own.
+                    libraries[fields[0]] = os.path.realpath(path)
+            elif fields and fields[0].startswith("/") and binary == python:
+                loader = os.path.realpath(fields[0])
+    if loader is None:
+        raise SandboxError(f"cannot find the dynamic loader of {python}")
+    home = SUPERVISOR_DIR
+    version = os.path.basename(stdlib)
+    binds = [(python, f"{home}/bin/{os.path.basename(python)}"),
+             (stdlib, f"{home}/lib/{version}"),
+             (loader, f"{home}/so/{os.path.basename(loader)}")]
+    binds += [(lib, f"{home}/so/{name}") for name, lib in sorted(libraries.items())]
+    argv = (f"{home}/so/{os.path.basename(loader)}", "--library-path", f"{home}/so",
+            f"{home}/bin/{os.path.basename(python)}")
+    return SupervisorRuntime(tuple(binds), argv)
 
 
 @contextlib.asynccontextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 from ...gftp import GftpScheme
 from ...gsb import open_gsb
 from ..agent import ProviderAgent
-from ..images import ImageResolver, ImageStore
+from ..images import FetchPolicy, ImageResolver, ImageStore
 from ..offer import ProviderConfig
 from ..terms import DEFAULT_ACCEPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT
 from .agent import PLATFORM, YagnaLink
@@ -32,7 +32,8 @@ async def run_provider(config: ProviderConfig, *, api_url: str, appkey: str, gsb
                        accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT) -> None:
     """Run a provider agent on the yagna node at ``api_url``/``gsb_url`` until cancelled.
 
-    ``images`` resolves demands' images (by default only the host image is offered)."""
+    ``images`` resolves demands' images (by default: the host image, and GVMI images fetched
+    from public addresses into the default image cache)."""
     rest = RestClient(api_url, appkey)
     try:
         me = await rest.get("/me")
@@ -42,7 +43,7 @@ async def run_provider(config: ProviderConfig, *, api_url: str, appkey: str, gsb
             agent = ProviderAgent(
                 config, node_id, link, subnet=subnet, platform=PLATFORM,
                 debit_note_interval=debit_note_interval,
-                images=images or ImageResolver(ImageStore(), dev_images=False),
+                images=images or ImageResolver(ImageStore(), dev_images=False, fetch=FetchPolicy()),
                 work_root=work_root, remote_schemes={"gftp": GftpScheme(bus)},
                 idle_timeout=idle_timeout, accept_timeout=accept_timeout, overcharge=overcharge)
             log.info("provider %s on node %s", config.name, node_id)
