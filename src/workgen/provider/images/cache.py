@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...images.gvmi import GvmiError, ImageMetadata, read_gvmi
-from ..runtime.sandbox import HOST_SYSTEM_DIRS, find_bwrap, sandbox_user
+from ..runtime.sandbox import find_bwrap, host_system_binds, sandbox_user
 
 log = logging.getLogger(__name__)
 
@@ -294,12 +294,7 @@ def _sandboxed(argv: list[str], gvmi: Path, out: Path | None) -> str:
     given) ``out`` at ``/out``, as a user of its own when we are root; its stdout."""
     user = sandbox_user()
     wrapper = [find_bwrap(), "--unshare-all", "--die-with-parent", "--new-session",
-               "--cap-drop", "ALL", "--tmpfs", "/"]
-    for path in HOST_SYSTEM_DIRS:
-        if os.path.islink(path):
-            wrapper += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            wrapper += ["--ro-bind", path, path]
+               "--cap-drop", "ALL", "--tmpfs", "/", *host_system_binds()]
     fds = []
     try:
         # The image comes in as standard input: reopened through /proc, it needs no path the

@@ -130,6 +130,18 @@ def find_bwrap() -> str:
     return path
 
 
+def host_system_binds() -> list[str]:
+    """bubblewrap options that show the host's system directories read-only (its symlinks, as
+    merged-/usr systems have, as symlinks)."""
+    argv = []
+    for path in HOST_SYSTEM_DIRS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    return argv
+
+
 def bwrap_argv(spec: SandboxSpec) -> list[str]:
     argv = [find_bwrap(), "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try"]
@@ -140,11 +152,7 @@ def bwrap_argv(spec: SandboxSpec) -> list[str]:
              "--die-with-parent", "--new-session"]
     root = spec.rootfs
     if root is None:
-        for path in HOST_SYSTEM_DIRS:
-            if os.path.islink(path):
-                argv += ["--symlink", os.readlink(path), path]
-            elif os.path.isdir(path):
-                argv += ["--ro-bind", path, path]
+        argv += host_system_binds()
         if not Path(CONTAINER_PYTHON).exists():
             raise SandboxError(
                 f"the host has no {CONTAINER_PYTHON}, which the sandbox's supervisor needs "
