@@ -3,10 +3,11 @@
 
     python examples/render.py [--frames 24] [--size 320x240] [--out render-out]
 
-POV-Ray runs inside an image of its own (``workgen/povray:bookworm``, Debian's ``povray``
-package), so this machine needs no ``povray``: the first run builds the image into the local
-image store, as ``workgen image build --debian bookworm --package povray --tag
-workgen/povray:bookworm`` would (about half a minute, from Debian's mirror); later runs reuse it.
+POV-Ray runs inside an image of its own (``workgen/povray:bookworm``: Debian's ``povray``
+package, as ``render/povray.toml`` says), so this machine needs no ``povray``: the first run
+builds the image into the local image store, as ``workgen image build --recipe
+examples/render/povray.toml`` would (about half a minute, from Debian's mirror); later runs
+reuse it.
 Each worker sends the scene to its activity once (``send_file``), renders its frames there and
 brings each frame back (``download_file``); the frames are then put together into an animated
 GIF (``render-out/animation.gif``).
@@ -22,9 +23,10 @@ from typing import Any, AsyncIterator
 from PIL import Image
 
 from workgen import Golem, Task, WorkContext, vm
-from workgen.images import DebianRecipe, ImageFiles, ImageMetadata, build_image
+from workgen.images import ImageFiles, build_image, load_recipe
 
 SCENE = Path(__file__).parent / "render" / "scene.pov"
+RECIPE = Path(__file__).parent / "render" / "povray.toml"
 IMAGE = "workgen/povray:bookworm"
 
 
@@ -32,8 +34,8 @@ def ensure_image() -> None:
     """Build the renderer's image into the local store unless it is there already."""
     if ImageFiles().resolve(IMAGE) is None:
         print(f"building the image {IMAGE} (once)...", flush=True)
-        build_image(DebianRecipe("bookworm", ("povray",)),
-                    ImageMetadata(env=("HOME=/tmp",)), tags=[IMAGE])
+        recipe = load_recipe(RECIPE)
+        build_image(recipe.recipe, recipe.metadata, tags=recipe.tags)
 
 
 def make_worker(frames: int, width: int, height: int, out: Path) -> Any:

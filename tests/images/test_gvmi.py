@@ -19,7 +19,9 @@ import pytest
 from support.images import build_tiny, make_root
 from workgen.backends.base import Demand
 from workgen.backends.yagna import Yagna
-from workgen.images import GvmiError, ImageFiles, ImageMetadata, StoreError, read_gvmi
+from workgen.images import (
+    BuildError, GvmiError, ImageFiles, ImageMetadata, StoreError, load_recipe, read_gvmi,
+)
 from workgen.images.registry import RegistryServer
 from workgen.protocol.properties import SRV_COMP_TASK_PACKAGE
 from workgen.requestor import vm
@@ -138,8 +140,10 @@ def test_the_command_line_refuses_bad_input_and_loses_nothing(tmp_path: Path) ->
         (["build", str(root), "--tag", "no-version"], "name:version"),
         (["build", str(root), "--env", "NOEQUALS"], "NAME=value"),
         (["build", str(root), "--workdir", "relative"], "absolute"),
-        (["build"], "directory or --debian"),
+        (["build"], "one of a directory"),
+        (["build", str(root), "--debian", "bookworm"], "one of a directory"),
         (["build", str(root), "--package", "x"], "--debian"),
+        (["build", "--recipe", str(tmp_path / "none.toml")], "cannot read the recipe"),
         (["build", "--debian", "bookworm", "--package", "Bad Name!"], "package"),
         (["add", str(root / "etc" / "image-marker")], "squashfs"),
     ]:
@@ -205,3 +209,24 @@ async def test_the_yagna_backend_resolves_a_tag_through_the_served_store(tmp_pat
         resolved = await backend._resolve_image(demand)
     assert resolved.properties[SRV_COMP_TASK_PACKAGE] == \
         f"hash:sha3:{built.hash}:{url}/download/{built.hash}"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('suite = "bookworm"\npackages = "povray"', "packages must be a list of strings"),
+    ('suite = "bookworm"\nimage = "x"', "unknown key 'image'"),
+    ('packages = ["ok", "Not OK"]', "not a Debian package name"),
+    ('env = ["NOEQUALS"]', "NAME=value"),
+    ('tags = ["nope"]', "name:version"),
+    ('suite = [', "not valid TOML"),
+])
+def test_a_bad_recipe_file_is_refused_saying_why(tmp_path: Path, text: str, message: str) -> None:
+    recipe = tmp_path / "image.toml"
+    recipe.write_text(text)
+    with pytest.raises((BuildError, StoreError), match=message):
+        load_recipe(recipe)
+
+
+def test_the_rendering_example_s_recipe_reads_as_its_image() -> None:
+    loaded = load_recipe(Path(__file__).parents[2] / "examples" / "render" / "povray.toml")
+    assert loaded.recipe.packages == ("povray",) and loaded.recipe.suite == "bookworm"
+    assert loaded.tags == ("workgen/povray:bookworm",) and loaded.metadata.env == ("HOME=/tmp",)

@@ -10,6 +10,7 @@ operation failed (a build step, an unknown image); 2 bad arguments or input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..images import (
     BuildError, DebianRecipe, GvmiError, ImageFiles, ImageMetadata, StoreError, build_image,
     read_gvmi,
 )
+from ..images.build import load_recipe
 from ..images.registry import RegistryServer
 from ._options import whole
 
@@ -38,6 +40,9 @@ def add_parser(commands: Any) -> None:
                        help="the image's root directory (or give --debian)")
     build.add_argument("--debian", metavar="SUITE", help="build from Debian's packages of SUITE "
                        "(bookworm, trixie, ...) with mmdebstrap")
+    build.add_argument("--recipe", type=Path, default=None, metavar="FILE",
+                       help="build from a recipe file (TOML: suite, packages, tags, env, "
+                            "workdir, volumes, entrypoint, mirror); options add to it")
     build.add_argument("--package", "-p", action="append", default=[], metavar="NAME",
                        help="a Debian package to install (repeatable; also comma-separated)")
     build.add_argument("--mirror", default=None, metavar="URL", help="the Debian mirror")
@@ -95,32 +100,46 @@ def _fail(message: str, code: int = 1) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     packages = tuple(p for item in args.package for p in item.split(",") if p)
-    if (args.directory is None) == (args.debian is None):
-        return _fail("give a directory or --debian SUITE (not both)", 2)
-    if packages and args.debian is None:
-        return _fail("--package needs --debian", 2)
+    sources = [x for x in (args.directory, args.debian, args.recipe) if x is not None]
+    if len(sources) != 1:
+        return _fail("give one of a directory, --debian SUITE and --recipe FILE", 2)
+    if packages and args.debian is None and args.recipe is None:
+        return _fail("--package needs --debian or --recipe", 2)
+    tags = list(args.tag)
     try:
-        metadata = ImageMetadata(env=tuple(args.env), working_dir=args.workdir,
-                                 volumes=tuple(args.volume),
-                                 entrypoint=(args.entrypoint,) if args.entrypoint else ())
-        source: Path | DebianRecipe = (
-            DebianRecipe(args.debian, packages, mirror=args.mirror) if args.debian
-            else args.directory)
-    except (GvmiError, BuildError) as exc:
+        env, volumes = tuple(args.env), tuple(args.volume)
+        workdir, entrypoint = args.workdir, args.entrypoint
+        source: Path | DebianRecipe
+        if args.recipe is not None:
+            loaded = load_recipe(args.recipe)
+            base = loaded.metadata
+            env, volumes = base.env + env, base.volumes + volumes
+            workdir = workdir or base.working_dir
+            entrypoint = entrypoint or (base.entrypoint[0] if base.entrypoint else None)
+            tags = [*loaded.tags, *tags]
+            source = dataclasses.replace(loaded.recipe,
+                                         packages=loaded.recipe.packages + packages)
+        elif args.debian is not None:
+            source = DebianRecipe(args.debian, packages, mirror=args.mirror)
+        else:
+            source = args.directory
+        metadata = ImageMetadata(env=env, working_dir=workdir, volumes=volumes,
+                                 entrypoint=(entrypoint,) if entrypoint else ())
+    except (GvmiError, BuildError, StoreError) as exc:
         return _fail(str(exc), 2)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     try:
-        built = build_image(source, metadata, tags=args.tag, store=ImageFiles(args.store),
+        built = build_image(source, metadata, tags=tags, store=ImageFiles(args.store),
                             output=args.output, log=log)
     except StoreError as exc:
         return _fail(str(exc), 2)
     except BuildError as exc:
         return _fail(str(exc))
-    log(f"built {built.path} ({built.size} bytes)" + (f", tagged {', '.join(args.tag)}"
-                                                      if args.tag else ""))
+    log(f"built {built.path} ({built.size} bytes)" + (f", tagged {', '.join(tags)}"
+                                                      if tags else ""))
     print(built.hash)
     return 0
 

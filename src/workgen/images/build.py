@@ -12,11 +12,12 @@ import re
 import shutil
 import subprocess
 import tempfile
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .gvmi import GvmiInfo, ImageMetadata, metadata_trailer
+from .gvmi import GvmiError, GvmiInfo, ImageMetadata, metadata_trailer
 from .store import ImageFiles, check_tag
 
 COMPRESSION = "lzo"
@@ -53,6 +54,56 @@ class DebianRecipe:
             raise BuildError(f"unknown mmdebstrap variant {self.variant!r}")
         if self.mirror is not None and not re.fullmatch(r"https?://\S+", self.mirror):
             raise BuildError(f"a mirror is an http(s) URL, got {self.mirror!r}")
+
+
+@dataclass(frozen=True)
+class RecipeFile:
+    """A recipe kept in a TOML file: what to install, and the image's metadata and tags."""
+
+    recipe: DebianRecipe
+    metadata: ImageMetadata
+    tags: tuple[str, ...]
+
+
+_RECIPE_KEYS = {"suite": str, "packages": list, "mirror": str, "variant": str, "tags": list,
+                "env": list, "workdir": str, "volumes": list, "entrypoint": str}
+
+
+def load_recipe(path: Path) -> RecipeFile:
+    """Read a recipe file::
+
+        suite = "bookworm"
+        packages = ["povray"]
+        tags = ["me/povray:1"]
+        env = ["HOME=/tmp"]        # also: workdir, volumes, entrypoint, mirror, variant
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise BuildError(f"cannot read the recipe {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BuildError(f"the recipe {path} is not valid TOML: {exc}") from None
+    for key, value in data.items():
+        kind = _RECIPE_KEYS.get(key)
+        if kind is None:
+            raise BuildError(f"the recipe {path} has an unknown key {key!r} (known: "
+                             f"{', '.join(sorted(_RECIPE_KEYS))})")
+        if not isinstance(value, kind) or (kind is list and not all(
+                isinstance(item, str) for item in value)):
+            wanted = "a list of strings" if kind is list else "a string"
+            raise BuildError(f"the recipe {path}: {key} must be {wanted}, got {value!r}")
+    try:
+        metadata = ImageMetadata(
+            env=tuple(data.get("env", ())), working_dir=data.get("workdir", ""),
+            volumes=tuple(data.get("volumes", ())),
+            entrypoint=(data["entrypoint"],) if "entrypoint" in data else ())
+    except GvmiError as exc:
+        raise BuildError(f"the recipe {path}: {exc}") from None
+    for tag in data.get("tags", ()):
+        check_tag(tag)
+    recipe = DebianRecipe(data.get("suite", "bookworm"), tuple(data.get("packages", ())),
+                          mirror=data.get("mirror"), variant=data.get("variant", "minbase"))
+    return RecipeFile(recipe, metadata, tuple(data.get("tags", ())))
 
 
 @dataclass(frozen=True)

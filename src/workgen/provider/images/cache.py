@@ -104,7 +104,11 @@ class ImageCache:
     def _dirs(self) -> tuple[Path, Path, Path]:
         entries, locks, work = self.root / "entries", self.root / "locks", self.root / "work"
         for path in (self.root, entries, locks, work):
-            path.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir(parents=True)
+            except FileExistsError:
+                continue  # someone's directory (or ours from before): its mode is theirs
+            # Readable by sandbox users, whatever the umask.
             os.chmod(path, 0o755)
         return entries, locks, work
 
