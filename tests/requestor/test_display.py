@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import logging
 import time
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ from typing import Any
 import pytest
 
 from workgen.requestor.display import ProgressDisplay, RunSummary, log_events
+from workgen.protocol.pricing import LinearPricing
 from workgen.requestor.events import (
-    ActivityCreated, ActivityFailed, AgreementCreated, AgreementRejected, CommandOutput,
+    ActivityCreated, ActivityFailed, AgreementCreated, AgreementRejected, AgreementTerminated,
+    CommandOutput,
     DebitNoteAccepted, Event, GolemStarted, GolemStopped, InvoiceAccepted, InvoiceRejected,
     JobFinished, JobStarted, PaymentMissing, ScriptFinished, ScriptSent, TaskAccepted, TaskFailed,
     TaskRejected, TaskRetried, TaskStarted,
@@ -232,6 +235,41 @@ class FakeTerminal(io.StringIO):
         return True
 
 
+def screen(text: str) -> list[str]:
+    """What a terminal shows after ``text``: the few codes the display uses (carriage return,
+    newline, erase line, cursor up, erase to the end of the screen), applied to a grid of
+    lines. Any other escape code fails the test."""
+    lines, row, col = [""], 0, 0
+    i = 0
+    while i < len(text):
+        match = re.match(r"\x1b\[(\d*)([AJK])", text[i:])
+        if match:
+            count, code = int(match.group(1) or 1), match.group(2)
+            if code == "A":
+                row = max(0, row - count)
+            elif code == "J":
+                lines[row] = lines[row][:col]
+                del lines[row + 1:]
+            else:  # 2K: the whole line
+                lines[row] = ""
+            i += match.end()
+            continue
+        char = text[i]
+        assert char != "\x1b", f"unexpected escape code at {text[i:i + 8]!r}"
+        if char == "\r":
+            col = 0
+        elif char == "\n":
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append("")
+        else:
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + char + line[col + 1:]
+            col += 1
+        i += 1
+    return lines
+
+
 def feed(consumer: ProgressDisplay, events: list[Event]) -> None:
     for event in events:
         consumer(event)
@@ -271,16 +309,22 @@ def test_live_keeps_one_status_line_and_prints_events_above_it(
     run = a_run()
     feed(progress, run[:-1])
     out = stream.getvalue()
-    assert "\r\x1b[2K[job-1] " in out
-    assert "12 done · " in out and "/s · 1 failed · 2 providers · cost 0 GLM · " in out
-    # The failure is printed on a cleared line, then the status line comes back.
-    failure = "\r\x1b[2Ktask 7 failed after 3 attempts"
-    assert failure in out
-    assert out.index("\r\x1b[2K[", out.index(failure)) > out.index(failure)
-    assert "\n" not in out.rsplit("\r\x1b[2K", 1)[1]  # the status line stays unterminated
+    shown = screen(out)
+    # Events above, printed once each; then a line per provider still at work, then the status.
+    assert shown[0] == "task 7 will be tried again (attempt 2): command exited with return code 1"
+    assert shown[2].startswith("task 7 failed after 3 attempts")
+    assert shown[3] == "activity act-1 on local-provider-1 failed: activity lost"
+    status = shown[-1]
+    assert status.startswith("[job-1] ") or status.startswith("[workgen] ")
+    assert "12 done · " in status and "/s · 1 failed · 2 providers · cost 0 GLM · " in status
+    assert shown[-3].startswith("  local-provider-0: between tasks (")
+    assert shown[-3].endswith(" · 6 done")
+    assert shown[-2].startswith("  local-provider-1: failed (")
+    assert shown[-2].endswith(" · 5 done · 4 failed")
+    assert shown[4] == "job job-1 finished"
+    assert len(shown) == 8  # nothing drawn twice, nothing left over
     progress(run[-1])
-    final = stream.getvalue()[len(out):]
-    assert final == "\r\x1b[2K" + progress.summary.render() + "\n"
+    assert screen(stream.getvalue()) == shown[:5] + progress.summary.render().splitlines() + [""]
     assert not [r for r in caplog.records if r.name == "workgen"]  # printed, not logged
 
 
@@ -448,5 +492,72 @@ def test_live_status_line_shows_service_instances_by_state() -> None:
         progress(ServiceStateChanged(cluster_id="c", instance_id=instance, service="Web",
                                      state=state, provider_name="p0"))
         progress._last_draw = 0.0  # every change drawn, whatever the clock says
-    last = stream.getvalue().rsplit("\r\x1b[2K", 1)[1]
+    note, provider, last = screen(stream.getvalue())
+    assert note == "service instance 1 (Web) running on p0"
     assert last.startswith("[workgen] services: 1 pending, 1 running · 1 provider")
+    assert provider == "  p0: instance 1 running (0.0s) · 0 done"
+
+
+def test_providers_at_work_get_a_live_line_each_until_their_agreement_ends() -> None:
+    clock = [100.0]
+    stream = FakeTerminal()
+    progress = ProgressDisplay(stream)
+    progress._width = lambda: 200  # type: ignore[method-assign]
+    names = [f"provider-{i:02d}" for i in range(10)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "monotonic", lambda: clock[0])
+        progress(JobStarted(job_id=JOB, tasks_total=20))
+        for i, name in enumerate(names):
+            progress(AgreementCreated(job_id=JOB, agreement_id=f"a{i}", provider_id=f"0x{i}",
+                                      provider_name=name))
+        progress(TaskStarted(job_id=JOB, task_id="3", activity_id="x", provider_name=names[0],
+                             data=3))
+        clock[0] += 2.5
+        progress._last_draw = 0.0
+        progress(AgreementTerminated(agreement_id="a9", provider_name=names[9], reason="done"))
+    *lines, status = screen(stream.getvalue())
+    assert lines[0] == "  provider-00: task 3 (2.5s) · 0 done"
+    assert lines[1] == "  provider-01: agreed (2.5s) · 0 done"
+    # Nine still at work: eight lines and a count, never more lines than that.
+    assert len(lines) == 9 and lines[-1] == "  and 1 more provider"
+    assert status.startswith("[job-1] ░░░░") and "0/20 tasks" in status
+
+
+def test_streamed_output_stays_above_the_live_lines() -> None:
+    stream = FakeTerminal()
+    progress = ProgressDisplay(stream)
+    progress(AgreementCreated(job_id=JOB, agreement_id="a", provider_id="0x", provider_name=P0))
+    for i in range(3):
+        progress(CommandOutput(activity_id="act", provider_name=P0, index=0,
+                               stream="stdout", output=f"line {i}\n"))
+        progress._last_draw = 0.0
+    shown = screen(stream.getvalue())
+    assert shown[:3] == [f"[{P0}] line {i}" for i in range(3)]
+    assert shown[3].startswith(f"  {P0}: agreed") and shown[4].startswith("[workgen] ")
+    assert len(shown) == 5
+
+
+def test_the_live_cost_is_estimated_from_the_agreed_prices_until_the_provider_bills() -> None:
+    clock = [100.0]
+    stream = FakeTerminal()
+    progress = ProgressDisplay(stream)
+    progress._width = lambda: 200  # type: ignore[method-assign]
+    pricing = LinearPricing.from_prices({"golem.usage.duration_sec": 0.001,
+                                         "golem.usage.cpu_sec": 0.002}, fixed=0.01)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "monotonic", lambda: clock[0])
+        progress(GolemStarted(backend="local", budget=Decimal(1), currency="tGLM"))
+        progress(AgreementCreated(job_id=JOB, agreement_id="a", provider_id="0x",
+                                  provider_name=P0, pricing=pricing))
+        clock[0] += 6.0
+        progress(TaskStarted(job_id=JOB, task_id="1", activity_id="x", provider_name=P0,
+                             data=1))
+        clock[0] += 4.0
+        progress._last_draw = 0.0
+        progress(TaskAccepted(job_id=JOB, task_id="1", provider_name=P0, result=None,
+                              running_time=4.0))
+        # 0.01 to start, 10 s of time, 4 s of a task as CPU time: 0.028, not yet billed.
+        assert "cost ~0.028 tGLM" in screen(stream.getvalue())[-1]
+        progress._last_draw = 0.0
+        progress(InvoiceAccepted(agreement_id="a", provider_name=P0, amount=Decimal("0.0301")))
+        assert "cost 0.0301 tGLM" in screen(stream.getvalue())[-1]

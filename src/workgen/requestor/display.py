@@ -23,10 +23,13 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 from ..protocol.money import exact, readable
+from ..protocol.pricing import LinearPricing
+from ..protocol.properties import USAGE_CPU_SEC, USAGE_DURATION_SEC
 from .events import (
     ActivityCreated, ActivityDestroyed, ActivityFailed, AgreementCreated, AgreementRejected,
     CommandOutput, DebitNoteAccepted, DebitNoteRejected, Event, GolemStarted, GolemStopped,
-    InvoiceAccepted, InvoiceRejected, JobFinished, JobStarted, PaymentMissing, ScriptFinished,
+    AgreementTerminated, InvoiceAccepted, InvoiceRejected, JobFinished, JobStarted,
+    PaymentMissing, ScriptFinished,
     ScriptSent, ServiceStateChanged, TaskAccepted, TaskFailed, TaskRejected, TaskRetried,
     TaskStarted,
 )
@@ -41,6 +44,7 @@ _REASON_WIDTH = 160
 _REDRAW_INTERVAL = 0.1  # seconds: at most ~10 status redraws per second
 _MAX_PARTIAL_LINE = 4096  # output without a newline is shown once this long, not held forever
 _CLEAR_LINE = "\r\x1b[2K"
+_MAX_PROVIDER_LINES = 8  # live provider lines; more are counted on one line
 
 
 def _plural(n: int, word: str) -> str:
@@ -413,6 +417,9 @@ class RunSummary:
 def _notable(event: Event) -> tuple[int, str] | None:
     """The line (and log level) for an event worth telling the user about as it happens."""
     match event:
+        case TaskRetried():
+            return logging.INFO, (f"task {event.task_id} will be tried again (attempt "
+                                  f"{event.attempt + 1}): {_one_line(event.reason)}")
         case TaskFailed():
             return logging.WARNING, (
                 f"task {event.task_id} failed after {_plural(event.attempts, 'attempt')}: "
@@ -455,11 +462,24 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
+@dataclass
+class _LiveAgreement:
+    """What the display needs to estimate an agreement's cost before its provider bills."""
+
+    provider: str
+    pricing: LinearPricing | None
+    since: float
+    busy: float = 0.0  # seconds its tasks ran, finished ones
+    task_since: float | None = None  # when its current task started
+
+
 class ProgressDisplay:
     """``Golem``'s default event consumer: progress while running, the summary at the end.
 
-    Live (default on a terminal): one status line redrawn in place, at most ~10 times a second
-    and only when an event arrives (no threads), with important events printed above it.
+    Live (default on a terminal): a status line redrawn in place, at most ~10 times a second
+    and only when an event arrives (no threads), under a line per provider at work (its state
+    and tasks done), with important events (retries and failures among them) and command
+    output printed above them.
     Not live: no ANSI codes; important events go to the ``workgen`` logger. In both modes
     live command output is written to the stream as ``[provider] line``, and the
     :class:`RunSummary` report (``self.summary``) is written at ``GolemStopped``.
@@ -470,6 +490,9 @@ class ProgressDisplay:
         self.live: bool = _isatty(self._stream) if live is None else live
         self.summary = RunSummary()
         self._status_shown = False
+        self._region_lines = 0  # lines of the live region now on screen (0: none)
+        self._at_work: dict[str, tuple[str, float]] = {}  # provider -> (what it does, since)
+        self._live: dict[str, _LiveAgreement] = {}  # agreements not ended yet, by id
         self._last_draw = float("-inf")
         self._clock_start: float | None = None
         self._job_clock: dict[str, float] = {}
@@ -502,6 +525,7 @@ class ProgressDisplay:
             return
         if isinstance(event, JobStarted):
             self._job_clock[event.job_id] = time.monotonic()
+        self._track_provider(event)
         if isinstance(event, CommandOutput):
             self._output(event)
         elif isinstance(event, (ScriptFinished, ActivityFailed, ActivityDestroyed)):
@@ -515,11 +539,76 @@ class ProgressDisplay:
             # After a printed line the status must come back now, not at the next event.
             self._draw_status(force=note is not None)
 
+    def _track_provider(self, event: Event) -> None:
+        """What each provider with a live agreement is doing, for its live line."""
+        now = time.monotonic()
+        self._track_agreement(event, now)
+        match event:
+            case AgreementCreated():
+                self._at_work[event.provider_name] = ("agreed", now)
+            case ActivityCreated():
+                self._at_work[event.provider_name] = ("starting", now)
+            case TaskStarted():
+                self._at_work[event.provider_name] = (f"task {event.task_id}", now)
+            case TaskAccepted() | TaskRejected():
+                self._at_work[event.provider_name] = ("between tasks", now)
+            case ActivityFailed():
+                self._at_work[event.provider_name] = ("failed", now)
+            case ServiceStateChanged() if event.provider_name:
+                self._at_work[event.provider_name] = (
+                    f"instance {event.instance_id} {event.state}", now)
+            case AgreementTerminated():
+                self._at_work.pop(event.provider_name, None)
+
+    def _track_agreement(self, event: Event, now: float) -> None:
+        match event:
+            case AgreementCreated():
+                self._live[event.agreement_id] = _LiveAgreement(event.provider_name,
+                                                                event.pricing, now)
+            case AgreementTerminated() | InvoiceAccepted():
+                self._live.pop(event.agreement_id, None)
+            case TaskStarted():
+                for live in self._live.values():
+                    if live.provider == event.provider_name:
+                        live.task_since = now
+            case TaskAccepted() | TaskRejected():
+                for live in self._live.values():
+                    if live.provider == event.provider_name and live.task_since is not None:
+                        live.busy += now - live.task_since
+                        live.task_since = None
+
+    def _estimated_cost(self, now: float) -> tuple[Decimal, bool]:
+        """The cost so far, and whether it is an estimate: what was billed, or for agreements
+        not billed yet, their agreed prices applied to their time and their tasks' time (as
+        CPU time, one core each), whichever is more."""
+        s = self.summary
+        billed = s.running_cost
+        known = {**s.debit_notes, **{i.agreement_id: i.amount for i in s.invoices}}
+        extra = Decimal(0)
+        for agreement_id, live in self._live.items():
+            if live.pricing is None:
+                continue
+            busy = live.busy + (now - live.task_since if live.task_since is not None else 0.0)
+            usage = {USAGE_DURATION_SEC: now - live.since, USAGE_CPU_SEC: busy}
+            try:
+                guess = live.pricing.price_for(
+                    {k: v for k, v in usage.items() if k in live.pricing.usage_vector})
+            except ValueError:
+                continue
+            extra += max(Decimal(0), guess - known.get(agreement_id, Decimal(0)))
+        return billed + extra, extra > 0
+
+    def _clear_region(self) -> str:
+        """The codes that erase the live region (the cursor is at its last line's end)."""
+        if not self._status_shown:
+            return ""
+        up = self._region_lines - 1
+        self._status_shown = False
+        self._region_lines = 0
+        return (f"\x1b[{up}A" if up > 0 else "") + ("\r\x1b[J" if up > 0 else _CLEAR_LINE)
+
     def _write(self, text: str) -> None:
-        if self._status_shown:
-            self._stream.write(_CLEAR_LINE)
-            self._status_shown = False
-        self._stream.write(text)
+        self._stream.write(self._clear_region() + text)
         self._stream.flush()
 
     def _output(self, event: CommandOutput) -> None:
@@ -582,12 +671,35 @@ class ProgressDisplay:
             else:
                 parts.append(services)
         parts += [_plural(len(s.providers), "provider"),
-                  f"cost {readable(s.running_cost, s.currency)}",
+                  self._cost_text(now),
                   _duration(now - (self._clock_start or now))]
-        line = self._sep.join(parts)[: self._width() - 1]
-        self._stream.write(_CLEAR_LINE + line)
+        width = self._width() - 1
+        lines = [line[:width] for line in self._provider_lines(now)]
+        lines.append(self._sep.join(parts)[:width])
+        erase = self._clear_region() or _CLEAR_LINE
+        self._stream.write(erase + "\n".join(lines))
         self._stream.flush()
         self._status_shown = True
+        self._region_lines = len(lines)
+
+    def _cost_text(self, now: float) -> str:
+        cost, estimated = self._estimated_cost(now)
+        return f"cost {'~' if estimated else ''}{readable(cost, self.summary.currency)}"
+
+    def _provider_lines(self, now: float) -> list[str]:
+        s = self.summary
+        names = sorted(self._at_work)
+        lines = []
+        for name in names[:_MAX_PROVIDER_LINES]:
+            doing, since = self._at_work[name]
+            line = f"  {name}: {doing} ({_duration(now - since)}){self._sep}"
+            line += f"{s.accepted_by_provider[name]} done"
+            if failed := s.failures_by_provider[name]:
+                line += f"{self._sep}{failed} failed"
+            lines.append(line)
+        if len(names) > _MAX_PROVIDER_LINES:
+            lines.append(f"  and {_plural(len(names) - _MAX_PROVIDER_LINES, 'more provider')}")
+        return lines
 
     def _bar(self, done: int, total: int, width: int = 20) -> str:
         filled = width if total <= 0 else min(width, width * done // total)

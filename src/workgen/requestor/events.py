@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from ..protocol.pricing import LinearPricing
 from ..protocol.results import utc_now
 
 
@@ -88,6 +89,8 @@ class AgreementCreated(Event):
     agreement_id: str
     provider_id: str
     provider_name: str
+    pricing: LinearPricing | None = None
+    """The agreed prices (``None`` if the offer's pricing could not be read)."""
 
 
 @dataclass(frozen=True, kw_only=True)

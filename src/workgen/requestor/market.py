@@ -21,6 +21,7 @@ from typing import TypeVar
 from .._aio import task_scope
 from ..backends.base import Agreement, Backend, Demand, DemandSubscription, Proposal
 from ..errors import AgreementRejected, NoProvidersError
+from ..protocol.pricing import LinearPricing
 from ..protocol.results import utc_now
 from . import events
 from .strategy import SCORE_REJECTED, MarketStrategy
@@ -187,9 +188,15 @@ class Market:
                 raise
             self._signing -= 1
             self.agreements_made += 1
+            try:
+                pricing: LinearPricing | None = LinearPricing.from_properties(
+                    agreement.proposal.properties)
+            except ValueError:
+                pricing = None
             self._emit(events.AgreementCreated(
                 job_id=self._job_id, agreement_id=agreement.id,
-                provider_id=agreement.provider_id, provider_name=agreement.provider_name))
+                provider_id=agreement.provider_id, provider_name=agreement.provider_name,
+                pricing=pricing))
             return agreement, reservation
 
 
