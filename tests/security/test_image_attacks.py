@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,27 @@ async def test_a_yagna_provider_fetches_no_image_from_its_own_loopback(
                 async for _ in golem.execute_tasks(worker, [Task(None)], payload=payload):
                     pass
     assert handler.hits == []
+
+
+async def test_a_server_that_stalls_cannot_hold_a_deploy(tmp_path: Path, cache_dir: Path) -> None:
+    built = build_tiny(ImageFiles(tmp_path / "store"))
+    release = threading.Event()
+
+    class Stalling(Files):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.wfile.flush()
+            release.wait(60)  # sends nothing more until the test is over
+
+    with serve(Stalling) as url:
+        try:
+            for policy in (loopback_policy(url, read_timeout=0.5),
+                           loopback_policy(url, total_timeout=0.5)):
+                message = await deploy_fails(GvmiImage(built.hash, ImageCache(cache_dir),
+                                                       url=f"{url}/i", fetch=policy))
+                assert "Timeout" in message or "took over 0.5s" in message, message
+        finally:
+            release.set()

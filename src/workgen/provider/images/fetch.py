@@ -47,7 +47,9 @@ class FetchPolicy:
     """``host:port`` pairs (or base URLs) allowed even if their addresses are not public."""
     connect_timeout: float = 15.0
     read_timeout: float = 60.0
-    """Longest wait for the next bytes (not for the whole download)."""
+    """Longest wait for the next bytes."""
+    total_timeout: float = 1800.0
+    """Longest time for the whole download (a server trickling bytes can't hold it longer)."""
 
     def allows_source(self, host: str, port: int) -> bool:
         wanted = f"{host}:{port}".lower()
@@ -104,6 +106,16 @@ async def download(url: str, dest: Path, expected_sha3: str, policy: FetchPolicy
                    progress: Progress | None = None) -> int:
     """Fetch ``url`` into ``dest`` (created new), checking its size and its SHA3 against
     ``expected_sha3`` (224, 256, 384 or 512 bits, by its length). Returns the size."""
+    try:
+        async with asyncio.timeout(policy.total_timeout):
+            return await _download(url, dest, expected_sha3, policy, progress)
+    except TimeoutError:
+        raise FetchError(f"fetching the image from {url} took over "
+                         f"{policy.total_timeout:g}s") from None
+
+
+async def _download(url: str, dest: Path, expected_sha3: str, policy: FetchPolicy,
+                    progress: Progress | None) -> int:
     algorithm = {56: hashlib.sha3_224, 64: hashlib.sha3_256, 96: hashlib.sha3_384,
                  128: hashlib.sha3_512}.get(len(expected_sha3))
     if algorithm is None:
