@@ -4,7 +4,10 @@ by activities), and the sandbox runs on its root with its metadata applied."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,3 +136,32 @@ async def test_a_job_whose_image_never_deploys_ends_with_the_reason_instead_of_l
                                                payload=await vm.repo(image_tag="test/broken:1")):
                 pass
     assert "does not match its hash" in str(caught.value)
+
+
+async def test_a_deploy_cancelled_while_another_prepares_the_image_leaves_no_lock_behind(
+        tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holds the image's preparation lock; an activity waiting for it ends
+    (its requestor went away). The lock its waiting thread gets later must be let go."""
+    from workgen.provider.images import cache as cache_module
+
+    built = build_tiny(ImageFiles(tmp_path / "store"))
+    cache = ImageCache(cache_dir)
+    (cache_dir / "locks").mkdir(parents=True)
+    holder = cache_module._lock_file(cache_dir / "locks" / f"{built.hash}.prep", fcntl.LOCK_EX)
+    waiting = threading.Event()
+    real_lock_file = cache_module._lock_file
+
+    def lock_file(path: Path, how: int) -> int:
+        waiting.set()
+        return real_lock_file(path, how)
+
+    monkeypatch.setattr(cache_module, "_lock_file", lock_file)
+    image = GvmiImage(built.hash, cache, file=built.path)
+    attempt = asyncio.ensure_future(image.prepare())
+    await asyncio.to_thread(waiting.wait, 10)
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+    os.close(holder)  # the other process is done
+    lease = await image.prepare()  # would wait forever on a leaked lock
+    lease.release()

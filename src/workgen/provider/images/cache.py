@@ -27,6 +27,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CACHE_BYTES = 20 << 30
 MAX_FILES = 1_000_000
+_HASH_RE = re.compile(r"[0-9a-f]{56}|[0-9a-f]{64}|[0-9a-f]{96}|[0-9a-f]{128}")
 _UNPACK_TIMEOUT = 1800.0
 
 
@@ -123,10 +125,12 @@ class ImageCache:
     async def acquire(self, image_hash: str, obtain: Obtain,
                       note: Callable[[str], None] = lambda _: None) -> ImageLease:
         """The image ``image_hash``, prepared (with ``obtain`` if not cached) and held."""
+        if not _HASH_RE.fullmatch(image_hash):
+            raise ValueError(f"an image hash is lowercase hex digits, got {image_hash!r}")
         entries, locks, work = await asyncio.to_thread(self._dirs)
         lock = self._locks.setdefault(image_hash, asyncio.Lock())
         async with lock:
-            prep = await asyncio.to_thread(_lock_file, locks / f"{image_hash}.prep", fcntl.LOCK_EX)
+            prep = await _wait_for_lock(locks / f"{image_hash}.prep", fcntl.LOCK_EX)
             try:
                 entry = entries / image_hash
                 image = await asyncio.to_thread(_read_entry, entry, image_hash)
@@ -136,8 +140,7 @@ class ImageCache:
                 else:
                     note(f"image {image_hash[:12]} is cached ({_human(image.unpacked_bytes)})")
                     added = False
-                use = await asyncio.to_thread(_lock_file, locks / f"{image_hash}.use",
-                                              fcntl.LOCK_SH)
+                use = await _wait_for_lock(locks / f"{image_hash}.use", fcntl.LOCK_SH)
                 with contextlib.suppress(OSError):
                     os.utime(entry / "image.json")
             finally:
@@ -225,6 +228,21 @@ class ImageCache:
                 os.close(use)
                 os.close(prep)
         return removed
+
+
+async def _wait_for_lock(path: Path, how: int) -> int:
+    """``_lock_file`` in a thread (another process may hold the lock for a whole download);
+    if we are cancelled meanwhile, the lock is let go as soon as the thread gets it."""
+    pending = asyncio.get_running_loop().run_in_executor(None, _lock_file, path, how)
+    try:
+        return await asyncio.shield(pending)
+    except asyncio.CancelledError:
+        def let_go(done: asyncio.Future[int]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                os.close(done.result())
+
+        pending.add_done_callback(let_go)
+        raise
 
 
 def _lock_file(path: Path, how: int) -> int:
