@@ -122,8 +122,9 @@ def _tool(name: str, package: str) -> str:
     return path
 
 
-def _run(argv: Sequence[str], what: str, log: Callable[[str], None]) -> None:
-    log(f"{what}: {' '.join(argv[:3])} ...")
+def _run(argv: Sequence[str], what: str, log: Callable[[str], None] | None) -> None:
+    if log is not None:
+        log(f"{what}: {' '.join(argv[:3])} ...")
     done = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-12:]
@@ -131,7 +132,7 @@ def _run(argv: Sequence[str], what: str, log: Callable[[str], None]) -> None:
 
 
 def write_gvmi(source: Path, output: Path, metadata: ImageMetadata, *,
-               excludes: Sequence[str] = (), log: Callable[[str], None] = lambda _: None) -> None:
+               excludes: Sequence[str] = (), log: Callable[[str], None] | None = None) -> None:
     """Make ``output`` (a GVMI file) of the directory ``source`` and ``metadata``."""
     source = Path(source)
     if not source.is_dir():
@@ -150,7 +151,7 @@ def write_gvmi(source: Path, output: Path, metadata: ImageMetadata, *,
 def build_image(source: Path | DebianRecipe, metadata: ImageMetadata | None = None, *,
                 tags: Sequence[str] = (), store: ImageFiles | None = None,
                 output: Path | None = None,
-                log: Callable[[str], None] = lambda _: None) -> BuiltImage:
+                log: Callable[[str], None] | None = None) -> BuiltImage:
     """Build an image of a directory or a recipe, add it to ``store`` (the default store if
     ``None``) under ``tags``, and also write it to ``output`` if given."""
     for tag in tags:
@@ -174,7 +175,7 @@ def build_image(source: Path | DebianRecipe, metadata: ImageMetadata | None = No
 
 
 def debootstrap(recipe: DebianRecipe, root: Path, *,
-                log: Callable[[str], None] = lambda _: None) -> None:
+                log: Callable[[str], None] | None = None) -> None:
     """Make a Debian root filesystem in ``root`` (which must not exist) with ``mmdebstrap``."""
     mmdebstrap = _tool("mmdebstrap", "mmdebstrap")
     argv = [mmdebstrap, f"--variant={recipe.variant}", "--quiet",
