@@ -128,6 +128,16 @@ async def test_an_unknown_image_is_image_not_found_naming_it() -> None:
     assert "workgen image build" in str(caught.value) and "dev_images" in str(caught.value)
 
 
+async def test_a_task_package_that_is_not_a_sha3_digest_is_refused_saying_so() -> None:
+    async with LocalNetwork(1) as net:
+        for package in ("hash:sha3:abc:http://example.com/x.gvmi",
+                        f"hash:sha3:{IMAGE_HASH}0:http://example.com/x.gvmi",
+                        f"hash:md5:{IMAGE_HASH}:http://example.com/x.gvmi"):
+            _, demand = await paid_demand(net, props={TASK_PACKAGE: package})
+            with pytest.raises(ImageNotFound, match="cannot be read"):
+                await net.subscribe_demand(demand)
+
+
 async def test_a_registered_image_gives_the_activity_its_rootfs(tmp_path: Path) -> None:
     rootfs = tmp_path / "image"
     rootfs.mkdir()

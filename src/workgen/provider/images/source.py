@@ -50,8 +50,9 @@ _HEX_RE = re.compile(r"[0-9a-f]+")
 def _normalize_hash(value: str) -> str:
     text = value.strip().lower()
     text = text.removeprefix("sha3:")
-    if not _HEX_RE.fullmatch(text):
-        raise ValueError(f"an image hash is hex digits (optionally after 'sha3:'), got {value!r}")
+    if not _HEX_RE.fullmatch(text) or len(text) not in (56, 64, 96, 128):
+        raise ValueError("an image hash is a SHA3 digest in hex, 56, 64, 96 or 128 digits "
+                         f"(optionally after 'sha3:'), got {value!r}")
     return text
 
 
@@ -235,7 +236,7 @@ class ImageResolver:
             found = self.files.resolve(image_hash or request.tag or "")
             if found is not None:
                 return GvmiImage(found, self.cache, file=self.files.path_of(found))
-        if image_hash is not None and len(image_hash) == 56:
+        if image_hash is not None:
             fetchable = request.url is not None and self.fetch is not None
             if fetchable:
                 assert request.url is not None
