@@ -139,9 +139,19 @@ def sandbox_processes() -> list[tuple[int, str]]:
     return found
 
 
+def activity_disks() -> set[str]:
+    """Activity disks this process mounted (their mountpoints name its pid)."""
+    mine = f"/workgen-act-{os.getpid()}-"
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4] for line in f if mine in line.split()[4]}
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers(tmp_path: Any) -> Iterator[None]:
     before = {pid for pid, _ in sandbox_processes()}
+    disks = activity_disks()
     yield
     left = [p for p in sandbox_processes() if p[0] not in before]
     assert not left, f"processes left behind by the test: {left}"
+    mounted = activity_disks() - disks
+    assert not mounted, f"activity disks left mounted by the test: {sorted(mounted)}"

@@ -185,26 +185,30 @@ class ExeUnit:
     async def _shutdown_locked(self, reason: str) -> None:
         if self.state is ActivityState.TERMINATED:
             return
-        if self._channel is not None and self._channel.lost is None:
-            with contextlib.suppress(SandboxError):
-                self._cpu_sec = await self._channel.cpu_seconds()
-        self._stop_sandbox.set()
-        if self._sandbox_done is not None:
-            with contextlib.suppress(Exception):
-                await self._sandbox_done
-        self._channel = None
-        if self._volumes is not None:
-            self._volumes.close()
-            self._volumes = None
-        if self._dir is not None:
-            await self._dir.aclose()
-            self._dir = None
-        if self._image is not None:
-            self._image.release()
-            self._image = None
-        self._ended_at = time.monotonic()
-        self._set_state(ActivityState.TERMINATED)
-        self.state_reason = reason
+        try:
+            if self._channel is not None and self._channel.lost is None:
+                with contextlib.suppress(SandboxError):
+                    self._cpu_sec = await self._channel.cpu_seconds()
+            self._stop_sandbox.set()
+            if self._sandbox_done is not None:
+                with contextlib.suppress(Exception):
+                    await self._sandbox_done
+        finally:
+            # Even when cancelled while the sandbox was still starting or stopping: the
+            # activity's files, disk and image hold must not outlive it.
+            self._channel = None
+            if self._volumes is not None:
+                self._volumes.close()
+                self._volumes = None
+            if self._dir is not None:
+                activity_dir, self._dir = self._dir, None
+                await activity_dir.aclose()
+            if self._image is not None:
+                self._image.release()
+                self._image = None
+            self._ended_at = time.monotonic()
+            self._set_state(ActivityState.TERMINATED)
+            self.state_reason = reason
 
     # -- the exe unit's requests ------------------------------------------------------------
 

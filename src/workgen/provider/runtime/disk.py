@@ -23,6 +23,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 from .leftovers import owner_gone
@@ -63,25 +65,6 @@ def disk_support() -> str | None:
     return f"not found on {_SEARCH_PATH}: {', '.join(missing)}" if missing else None
 
 
-async def _run(argv: list[str], timeout: float) -> tuple[int, str]:
-    """Runs a tool (no shell); returns its exit status (-1: timed out) and stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, env=_ENV)
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
-        return proc.returncode or 0, err.decode(errors="replace").strip()
-    except TimeoutError:
-        return -1, f"{argv[0]} timed out after {timeout:g} s"
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            # A tool stuck in the kernel may not die at once; it is reaped later then.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 1.0)
-
-
 def _mounts() -> list[tuple[str, str]]:
     """(mountpoint, source) of every mount we see, unescaped (mountinfo writes " " as \\040)."""
     def unescape(s: str) -> str:
@@ -97,24 +80,42 @@ def _is_mounted(mountpoint: str) -> bool:
 
 
 async def _unmount(mountpoint: str) -> bool:
-    """Unmounts, detaching lazily if still busy after a grace; True if it is no longer mounted."""
+    """Unmounts, detaching lazily if still busy after a grace; True if it is no longer mounted.
+
+    The work is done in a thread, which finishes even if its caller is cancelled (and which
+    ``asyncio.run`` waits for before it returns), so a run that is cut short never leaves a
+    disk mounted behind it."""
+    return await asyncio.to_thread(_unmount_blocking, mountpoint)
+
+
+def _unmount_blocking(mountpoint: str) -> bool:
     umount = _exe("umount")
-    deadline = asyncio.get_running_loop().time() + _BUSY_GRACE
+    deadline = time.monotonic() + _BUSY_GRACE
     err = ""
     while _is_mounted(mountpoint):
-        if asyncio.get_running_loop().time() >= deadline:
+        if time.monotonic() >= deadline:
             # Open files or a cwd inside keep it busy: detach it now; the kernel lets go of the
             # filesystem (and, autoclear, of the loop device) when the last user does.
             log.warning("disk at %s is busy (%s): detaching it lazily", mountpoint, err)
-            err = (await _run([umount, "-l", mountpoint], _UMOUNT_TIMEOUT))[1]
+            err = _run_blocking([umount, "-l", mountpoint], _UMOUNT_TIMEOUT)[1]
             break
-        rc, err = await _run([umount, mountpoint], _UMOUNT_TIMEOUT)
+        rc, err = _run_blocking([umount, mountpoint], _UMOUNT_TIMEOUT)
         if rc != 0:
-            await asyncio.sleep(0.1)
+            time.sleep(0.1)  # a busy disk: the grace above bounds the retries
     if _is_mounted(mountpoint):
         log.warning("cannot unmount the disk at %s: %s", mountpoint, err)
         return False
     return True
+
+
+def _run_blocking(argv: list[str], timeout: float) -> tuple[int, str]:
+    """Runs a tool (no shell); returns its exit status (-1: timed out) and stderr."""
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env=_ENV, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, f"{argv[0]} timed out after {timeout:g} s"
+    return done.returncode, done.stderr.decode(errors="replace").strip()
 
 
 class ActivityDisk:
@@ -141,13 +142,14 @@ class ActivityDisk:
     async def aclose(self) -> None:
         """Unmounts and deletes the image; idempotent, bounded in time, never raises."""
         if self._closing is None:
-            self._closing = asyncio.ensure_future(self._close())
-        # Shielded: a cancelled caller must not leave the disk half-closed.
+            # One thread does it all, started now: cancelled or not, the disk is unmounted and
+            # its image removed (asyncio.run waits for the thread before it returns).
+            self._closing = asyncio.get_running_loop().run_in_executor(None, self._close_blocking)
         await asyncio.shield(self._closing)
 
-    async def _close(self) -> None:
+    def _close_blocking(self) -> None:
         try:
-            await _unmount(self._mountpoint)  # warns if it cannot
+            _unmount_blocking(self._mountpoint)  # warns if it cannot
         except Exception as e:  # e.g. umount vanished: the image must still go
             log.warning("cannot unmount the disk at %s: %s", self._mountpoint, e)
         try:
@@ -163,6 +165,55 @@ def _human(n: int) -> str:
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _make_and_mount(directory: Path, mountpoint: str, image: Path, size_bytes: int,
+                    inodes: int) -> int:
+    """Makes the image, its filesystem and the mount; undoes what it did if it fails. Returns
+    the filesystem's number of inodes."""
+    covered = os.stat(mountpoint)
+    try:
+        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError as e:
+        raise DiskUnavailable(f"cannot create disk image {image}: {e}") from e
+    tried_mount = False
+    try:
+        try:
+            os.ftruncate(fd, size_bytes)  # sparse: the host's disk gives blocks as they are written
+        except OSError as e:
+            raise DiskUnavailable(f"cannot size disk image {image}: {e}") from e
+        finally:
+            os.close(fd)
+        # No journal (scratch space, dropped with the activity); inode tables left unzeroed
+        # (a fresh sparse file reads as zeros), no discard: mkfs writes ~1 MB of metadata for 2 GiB.
+        rc, err = _run_blocking([
+            _exe("mkfs.ext4"), "-q", "-F", "-N", str(inodes), "-m", "0",
+            "-b", "4096", "-I", "256", "-O", "^has_journal",
+            "-E", "lazy_itable_init=1,nodiscard", str(image)], _MKFS_TIMEOUT)
+        if rc != 0:
+            raise DiskUnavailable(f"mkfs.ext4 failed on {image}: {err}")
+        tried_mount = True
+        # noinit_itable: the kernel's background zeroing of inode tables would only fill the
+        # sparse image with zeros.
+        rc, err = _run_blocking([
+            _exe("mount"), "-t", "ext4", "-o", "loop,nosuid,nodev,noinit_itable",
+            str(image), mountpoint], _MOUNT_TIMEOUT)
+        if rc != 0:
+            raise DiskUnavailable(f"mount of {image} on {directory} refused: {err}")
+        # The new root stands in for the directory: its owner, and traversable but not
+        # listable for the sandbox's user; lost+found would only be clutter there.
+        os.chown(mountpoint, covered.st_uid, covered.st_gid)
+        os.chmod(mountpoint, 0o711)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(mountpoint, "lost+found"))
+        return os.statvfs(mountpoint).f_files
+    except BaseException:
+        if tried_mount and _is_mounted(mountpoint):
+            _unmount_blocking(mountpoint)
+        with contextlib.suppress(OSError):
+            image.unlink()
+        raise
 
 
 async def open_disk(directory: Path, size_bytes: int, *, inodes: int | None = None,
@@ -189,49 +240,21 @@ async def open_disk(directory: Path, size_bytes: int, *, inodes: int | None = No
         raise ValueError(f"not an empty directory: {directory}")
     if _is_mounted(mountpoint):
         raise ValueError(f"something is mounted on {directory} already")
-    covered = os.stat(mountpoint)
     image = Path(f"{mountpoint}.{pid}.img")
+    # In a thread, which a cancelled caller can't stop half-way (a mount made as the caller
+    # gave up would stay behind); if the caller is gone when it is done, the disk is undone.
+    making = asyncio.get_running_loop().run_in_executor(
+        None, _make_and_mount, directory, mountpoint, image, size_bytes, inodes)
     try:
-        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-    except OSError as e:
-        raise DiskUnavailable(f"cannot create disk image {image}: {e}") from e
-    tried_mount = False
-    try:
-        try:
-            os.ftruncate(fd, size_bytes)  # sparse: the host's disk gives blocks as they are written
-        except OSError as e:
-            raise DiskUnavailable(f"cannot size disk image {image}: {e}") from e
-        finally:
-            os.close(fd)
-        # No journal (scratch space, dropped with the activity); inode tables left unzeroed
-        # (a fresh sparse file reads as zeros), no discard: mkfs writes ~1 MB of metadata for 2 GiB.
-        rc, err = await _run([
-            _exe("mkfs.ext4"), "-q", "-F", "-N", str(inodes), "-m", "0",
-            "-b", "4096", "-I", "256", "-O", "^has_journal",
-            "-E", "lazy_itable_init=1,nodiscard", str(image)], _MKFS_TIMEOUT)
-        if rc != 0:
-            raise DiskUnavailable(f"mkfs.ext4 failed on {image}: {err}")
-        tried_mount = True
-        # noinit_itable: the kernel's background zeroing of inode tables would only fill the
-        # sparse image with zeros.
-        rc, err = await _run([
-            _exe("mount"), "-t", "ext4", "-o", "loop,nosuid,nodev,noinit_itable",
-            str(image), mountpoint], _MOUNT_TIMEOUT)
-        if rc != 0:
-            raise DiskUnavailable(f"mount of {image} on {directory} refused: {err}")
-        # The new root stands in for the directory: its owner, and traversable but not
-        # listable for the sandbox's user; lost+found would only be clutter there.
-        os.chown(mountpoint, covered.st_uid, covered.st_gid)
-        os.chmod(mountpoint, 0o711)
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.join(mountpoint, "lost+found"))
-        made = os.statvfs(mountpoint).f_files
-    except BaseException:
-        if tried_mount and _is_mounted(mountpoint):
-            await _unmount(mountpoint)
-        with contextlib.suppress(OSError):
-            image.unlink()
+        made = await asyncio.shield(making)
+    except asyncio.CancelledError:
+        def undo(done: asyncio.Future[int]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                _unmount_blocking(mountpoint)
+                with contextlib.suppress(OSError):
+                    image.unlink()
+
+        making.add_done_callback(undo)
         raise
     return ActivityDisk(directory, mountpoint, image, size_bytes, made)
 

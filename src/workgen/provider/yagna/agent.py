@@ -381,6 +381,7 @@ class YagnaLink:
 
     async def _report(self, unit: ExeUnit, states: _States, vector: tuple[str, ...]) -> None:
         """State changes as they happen; usage at least every second (the daemon's rule)."""
+        last: dict[str, Any] | None = None
         try:
             while True:
                 try:
@@ -389,7 +390,12 @@ class YagnaLink:
                     while not states.queue.empty():  # one report covers changes made meanwhile
                         states.queue.get_nowait()
                     changes = states.changes
-                    await self._set_state(unit.activity_id, activity_state(unit))
+                    # A batch's end asks for a report too, mostly for its usage: the state
+                    # goes to the daemon only when it is new (one GSB call less per script).
+                    state = activity_state(unit)
+                    if state != last:
+                        await self._set_state(unit.activity_id, state)
+                        last = state
                 except TimeoutError:
                     changes = None
                 usage = await usage_report(unit, vector)
