@@ -25,6 +25,7 @@ import re
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
+from ..images.store import TAG_RE
 from ..protocol.constraints import compare
 from ..protocol.properties import (
     SRV_COMP_VM_IMAGE_TAG,
@@ -46,7 +47,6 @@ RUNTIME_VM = "vm"
 # SHA3-224 (what gvmkit-build prints), -256, -384 and -512, in hex digits.
 _HASH_LENGTHS = (56, 64, 96, 128)
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
-_TAG_RE = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9._-]+")
 _CAPABILITY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -87,7 +87,7 @@ class VmPayload:
         if tag is not None:
             if not isinstance(tag, str):
                 raise TypeError(f"image_tag must be a str, got {tag!r}")
-            if not _TAG_RE.fullmatch(tag):
+            if not TAG_RE.fullmatch(tag):
                 raise ValueError(
                     f"image_tag must look like 'name:version' or 'owner/name:version', got {tag!r}"
                 )

@@ -144,6 +144,10 @@ async def _download(url: str, dest: Path, expected_sha3: str, policy: FetchPolic
                                          f"{response.status_code} {response.reason_phrase}")
                     return await _save(response, dest, digest, expected_sha3, policy, progress,
                                        str(current))
+            except httpx.RemoteProtocolError as exc:
+                # The server closed before the length it announced: a truncated image.
+                raise FetchError(f"the image download from {current} was cut short: {exc}") \
+                    from None
             except httpx.HTTPError as exc:
                 raise FetchError(f"fetching the image from {current} failed: "
                                  f"{type(exc).__name__}: {exc}") from None
