@@ -41,18 +41,22 @@ class Row:
     """The target as a bound on our figure (at most this, in ``unit``)."""
     higher_is_better: bool = True
     note: str = ""
+    any_of: str = ""
+    """Rows of one benchmark with the same ``any_of`` make one target, met when any of them
+    meets its own (GFTP: half a local copy, or near the GSB's own ceiling)."""
 
     @property
     def target(self) -> str:
         parts = []
         if self.min_ratio is not None:
-            parts.append(f">= {self.min_ratio:g}x")
+            parts.append(f">= {self.min_ratio:.3g}x")
         if self.max_value is not None:
             parts.append(f"<= {self.max_value:g} {self.unit}")
-        return ", ".join(parts)
+        text = ", ".join(parts)
+        return f"{text} (or the other {self.any_of} row)" if self.any_of and text else text
 
     @property
-    def met(self) -> bool | None:
+    def own_met(self) -> bool | None:
         if self.min_ratio is None and self.max_value is None:
             return None
         ratio, ours = self.ratio, self.ours
@@ -64,6 +68,14 @@ class Row:
         if self.ours is None or self.baseline is None or self.baseline == 0:
             return None
         return self.ours / self.baseline if self.higher_is_better else self.baseline / self.ours
+
+
+def met(row: Row, rows: list[Row]) -> bool | None:
+    """Whether ``row``'s target is met, counting the other rows of its ``any_of`` group."""
+    if not row.any_of:
+        return row.own_met
+    outcomes = [r.own_met for r in rows if r.any_of == row.any_of]
+    return any(outcomes) if any(o is not None for o in outcomes) else None
 
 
 def _number(pattern: str, text: str) -> float | None:
@@ -102,9 +114,17 @@ def _long_run(out: str) -> list[Row]:
 
 
 def _gftp(out: str) -> list[Row]:
-    return [Row("GFTP between two daemons", _number(r"GFTP download A->B[^:]*:\s+([\d.]+)", out),
-                _number(r"shutil.copyfile, same file, same disk:\s+([\d.]+)", out), "MB/s",
-                "a plain file copy", min_ratio=0.5)]
+    gftp = _number(r"GFTP download A->B[^:]*:\s+([\d.]+)", out)
+    rss = _number(r"downloader peak RSS growth:\s+([-\d.]+)", out)
+    note = f"downloader RSS +{rss:.0f} MiB" if rss is not None else ""
+    return [
+        Row("GFTP between two daemons, vs a copy", gftp,
+            _number(r"shutil.copyfile, same file, same disk:\s+([\d.]+)", out), "MB/s",
+            "a plain file copy", min_ratio=0.5, note=note, any_of="GFTP"),
+        Row("GFTP between two daemons, vs the GSB", gftp,
+            _number(r"GSB ceiling A->B[^:]*:\s+([\d.]+)", out), "MB/s",
+            "the GSB's own ceiling, same daemons", min_ratio=1 / 1.5, any_of="GFTP"),
+    ]
 
 
 def _scripts(out: str) -> list[Row]:
@@ -155,7 +175,8 @@ BENCHES = (
     Bench("exeunit", ("bench/exeunit.py",), ("-n", "500",), _exeunit),
     Bench("long_run", ("bench/long_run.py",), ("-n", "20000"), _long_run),
     Bench("scripts", ("bench/scripts.py",), ("-n", "100", "--tasks", "100"), _scripts),
-    Bench("gftp", ("bench/gftp.py",), ("--size-mib", "64", "--rounds", "1"), _gftp),
+    Bench("gftp", ("bench/gftp.py",), ("--size-mib", "64", "--rounds", "1", "--sweep-rounds", "0"),
+          _gftp),
     Bench("images", ("bench/images.py",), ("--rounds", "1"), _images),
     Bench("devnet", ("bench/devnet.py",), ("-n", "20"), _devnet_sdks),
 )
@@ -212,9 +233,9 @@ def markdown(results: list[tuple[Bench, list[Row], float, str]], started: str) -
             base = f"{_fmt(row.baseline)} {row.unit} ({row.baseline_name})" \
                 if row.baseline is not None else "-"
             note = f" ({row.note})" if row.note else ""
-            met = {True: "yes", False: "no", None: ""}[row.met]
+            outcome = {True: "yes", False: "no", None: ""}[met(row, rows)]
             lines.append(f"| {bench.name} | {row.measure}{note} | {_fmt(row.ours)} {row.unit} "
-                         f"| {base} | {ratio} | {row.target} | {met} |")
+                         f"| {base} | {ratio} | {row.target} | {outcome} |")
     lines += ["", "Ratios are workgen over the baseline, turned so that above 1 is better."]
     return "\n".join(lines) + "\n"
 
@@ -260,7 +281,7 @@ def main() -> None:
     (args.out / "report.md").write_text(text)
     # Bars only where the target is a ratio: a figure bounded absolutely (hello's wall time
     # under 1 s) would read as a failure against its floor.
-    chart([(f"{bench.name}: {row.measure}", row.ratio, row.met) for bench, rows, _, _ in results
+    chart([(f"{bench.name}: {row.measure}", row.ratio, met(row, rows)) for bench, rows, _, _ in results
            for row in rows if row.ratio is not None and row.min_ratio is not None],
           args.out / "report.png")
     print(text)

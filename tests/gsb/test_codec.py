@@ -14,7 +14,7 @@ from workgen.gsb.codec import (
     BroadcastReply, BroadcastRequest, CallReply, CallRequest, FrameDecoder, GsbMessage, Hello,
     Ping, Pong, RegisterReply, RegisterRequest, ReplyType, SubscribeReply, SubscribeRequest,
     UnregisterReply, UnregisterRequest, UnsubscribeReply, UnsubscribeRequest, decode_message,
-    encode_frame, encode_message, err, ok, unwrap_result,
+    encode_frame, encode_frame_parts, encode_message, encode_payload_parts, err, ok, unwrap_result,
 )
 
 EVERY_MESSAGE: list[GsbMessage] = [
@@ -115,6 +115,46 @@ def test_merged_frames_come_out_in_order() -> None:
     assert decoder.feed(b"") == []
 
 
+def test_a_large_frame_is_received_in_place_whatever_the_reads() -> None:
+    big = CallReply(request_id="r-big", data=bytes(range(256)) * 4096)  # 1 MiB
+    stream = encode_frame(Ping()) + encode_frame(big) + encode_frame(Pong())
+    for read in (1000, 65536, 300_000, len(stream)):
+        decoder, received = FrameDecoder(), []
+        pos = 0
+        while pos < len(stream):
+            buf = decoder.get_buffer()
+            count = min(len(buf), read, len(stream) - pos)
+            buf[:count] = stream[pos:pos + count]
+            received += decoder.advance(count)
+            pos += count
+        assert received == [Ping(), big, Pong()]
+        assert decoder.buffered == 0
+
+
+def test_a_large_frame_cut_short_counts_as_buffered() -> None:
+    decoder = FrameDecoder()
+    frame_bytes = encode_frame(CallReply(request_id="r", data=bytes(100_000)))
+    assert decoder.feed(frame_bytes[:-10]) == []
+    assert decoder.buffered == len(frame_bytes) - 10
+
+
+def test_frame_parts_reference_large_data_and_join_to_the_frame() -> None:
+    content = bytes(range(256)) * 1024
+    payload = encode_payload_parts(ok({"offset": 0, "content": content}))
+    parts = encode_frame_parts(CallReply(request_id="r-1"), payload)
+    assert any(isinstance(part, memoryview) and part.obj is content for part in parts)
+    joined = b"".join(parts)
+    assert joined == encode_frame(CallReply(request_id="r-1", data=b"".join(payload)))
+    [message] = FrameDecoder().feed(joined)
+    assert isinstance(message, CallReply)
+    assert decode_payload(message.data) == ok({"offset": 0, "content": content})
+
+
+def test_frame_parts_refuse_data_given_twice() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        encode_frame_parts(CallReply(data=b"x"), [b"y"])
+
+
 def test_oversized_frame_is_refused_without_waiting_for_it() -> None:
     decoder = FrameDecoder(max_frame_size=100)
     with pytest.raises(GsbProtocolError, match="exceeds"):
@@ -181,10 +221,79 @@ def test_payloads_interoperate_with_the_flexbuffers_module() -> None:
     assert decode_payload(bytes(fx.Dumps(value))) == value
 
 
+def _reference_encoding(value: Any) -> bytes:
+    """The flatbuffers package's own builder, given values as serde writes them."""
+    builder = fx.Builder()
+
+    def add(value: Any) -> None:
+        if value is None:
+            builder.Null()
+        elif isinstance(value, bool):
+            builder.Bool(value)
+        elif isinstance(value, int):
+            builder.Int(value) if value < 1 << 63 else builder.UInt(value)
+        elif isinstance(value, float):
+            builder.Float(value, 8)
+        elif isinstance(value, str):
+            builder.String(value)
+        elif isinstance(value, bytes):
+            builder.Blob(value)
+        elif isinstance(value, dict):
+            with builder.Map():
+                for key, item in value.items():
+                    builder.Key(key.encode("utf-8"))
+                    add(item)
+        else:
+            with builder.Vector():
+                for item in value:
+                    add(item)
+
+    add(value)
+    return bytes(builder.Finish())
+
+
+LARGE_PAYLOADS: list[Any] = [
+    ok({"offset": 3 << 40, "content": bytes(200_000)}),
+    [b"x" * 70_000, "y" * 300, [b"z" * 66_000, 2**63], {"b": b"\x01" * 65_536, "a": -5}],
+    {f"k{i}": i * 1000 for i in range(300)},
+]
+
+
+@pytest.mark.parametrize("value", PAYLOADS + LARGE_PAYLOADS, ids=lambda v: repr(v)[:40])
+def test_payloads_are_laid_out_as_the_reference_builder_does(value: Any) -> None:
+    assert encode_payload(value) == _reference_encoding(value)
+
+
+@pytest.mark.parametrize("value", LARGE_PAYLOADS, ids=lambda v: repr(v)[:40])
+def test_large_payloads_survive_a_round_trip(value: Any) -> None:
+    assert decode_payload(memoryview(encode_payload(value))) == value
+
+
+def test_blobs_can_come_back_as_views_of_the_payload() -> None:
+    data = encode_payload({"content": b"abc" * 30_000})
+    content = decode_payload(data, blob_views=True)["content"]
+    assert isinstance(content, memoryview) and content.readonly and content.obj is data
+    assert content == b"abc" * 30_000
+    assert type(decode_payload(data)["content"]) is bytes
+
+
 def test_typed_vectors_as_serde_writes_vec_u8_decode_to_lists() -> None:
     builder = fx.Builder()
     builder.TypedVectorFromElements([1, 2, 255], element_type=fx.Type.UINT)
     assert decode_payload(bytes(builder.Finish())) == [1, 2, 255]
+
+
+def test_typed_and_fixed_vectors_of_every_kind_decode() -> None:
+    builder = fx.Builder()
+    with builder.Vector():
+        builder.TypedVectorFromElements([-1, 300], element_type=fx.Type.INT)
+        builder.TypedVectorFromElements([1.5, 2.5], element_type=fx.Type.FLOAT)
+        builder.TypedVectorFromElements([True, False], element_type=fx.Type.BOOL)
+        builder.FixedTypedVectorFromElements([1, 2, 3], element_type=fx.Type.UINT)
+        builder.IndirectInt(-7)
+        builder.IndirectFloat(0.5)
+    assert decode_payload(bytes(builder.Finish())) == [
+        [-1, 300], [1.5, 2.5], [True, False], [1, 2, 3], -7, 0.5]
 
 
 def test_unit_variants_and_unit_are_a_string_and_null() -> None:

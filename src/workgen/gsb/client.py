@@ -9,6 +9,10 @@ The router routes a call to the connection that registered the longest prefix of
 (cut at ``/``), forwards replies by request id, pings idle connections (we answer ``Pong``) and
 drops a connection's registrations when it goes. Bytes are turned into messages by
 :mod:`workgen.gsb.codec` only; this module does the socket I/O and the bookkeeping.
+
+The socket is read with ``asyncio.BufferedProtocol``: the kernel copies a large frame (a GFTP
+chunk) straight into the buffer its message then views, and a large reply goes out as the
+very buffer its handler returned. Those are the only copies our side makes of bulk data.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from urllib.parse import urlsplit
 
 from .._aio import task_scope
 from .codec import (
-    CODE_BAD_REQUEST, CODE_OK, CODE_SERVICE_FAILURE, CallReply, CallRequest, FrameDecoder,
+    CODE_BAD_REQUEST, CODE_OK, CODE_SERVICE_FAILURE, Buffer, CallReply, CallRequest, FrameDecoder,
     GsbMessage, Hello, Ping, Pong, RegisterReply, RegisterRequest, ReplyType, UnregisterReply,
-    UnregisterRequest, decode_payload, encode_frame, encode_payload, err, ok, unwrap_result,
+    UnregisterRequest, decode_payload, encode_frame_parts, encode_payload_parts, err, ok,
+    unwrap_result,
 )
 from .errors import (
     GsbCallError, GsbClosed, GsbConnectionError, GsbConnectionLost, GsbHandlerError,
@@ -51,7 +56,6 @@ stream. Any other exception is logged and answered with code 500.
 HELLO_VERSION = "0.7.3"
 DEFAULT_CALLER = "local"  # what ya-service-bus puts in calls made inside a node
 
-_READ_SIZE = 256 * 1024
 _CLOSE_TIMEOUT = 5.0  # for each step of closing: handing prefixes back, flushing the socket
 _T = TypeVar("_T")
 
@@ -65,10 +69,10 @@ async def open_gsb(url: str, *, name: str = "workgen") -> AsyncIterator[GsbClien
     router hangs up before greeting. There is no connect timeout of its own: wrap the call in
     ``asyncio.timeout`` where a silent peer is possible.
     """
-    reader, writer = await _connect(url)
+    connection = await _connect(url)
     try:
         async with task_scope() as tasks:
-            bus = GsbClient(_token, url, reader, writer, tasks)
+            bus = GsbClient(_token, url, connection, tasks)
             bus._start(name)
             try:
                 await bus._greeted()
@@ -76,28 +80,123 @@ async def open_gsb(url: str, *, name: str = "workgen") -> AsyncIterator[GsbClien
             finally:
                 await bus._aclose()
     finally:
-        writer.close()
+        connection.transport.close()
         try:  # lets what we wrote last (replies) reach the router, but not forever
             async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await writer.wait_closed()
-        except (OSError, TimeoutError):
-            writer.transport.abort()
+                await asyncio.shield(connection.closed)
+        except TimeoutError:
+            connection.transport.abort()
 
 
-async def _connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect(url: str) -> _Connection:
     parts = urlsplit(url)
+    loop = asyncio.get_running_loop()
     try:
         if parts.scheme == "tcp":
             if not parts.hostname or parts.port is None:
                 raise ValueError(f"GSB url {url!r} needs a host and a port: tcp://host:port")
-            return await asyncio.open_connection(parts.hostname, parts.port)
+            _, connection = await loop.create_connection(
+                lambda: _Connection(url), parts.hostname, parts.port)
+            return connection
         if parts.scheme == "unix":
             if not parts.path:
                 raise ValueError(f"GSB url {url!r} needs a socket path: unix:/path")
-            return await asyncio.open_unix_connection(parts.path)
+            _, connection = await loop.create_unix_connection(lambda: _Connection(url), parts.path)
+            return connection
     except OSError as exc:
         raise GsbConnectionError(url, f"cannot connect to the GSB router at {url}: {exc}") from exc
     raise ValueError(f"GSB url {url!r}: the scheme must be tcp:// or unix:")
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """The socket's side of a client: frames in (decoded as they complete, and handed to the
+    client), frames out in pieces, and the flow control of what is written."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.transport: asyncio.Transport
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._decoder = FrameDecoder()
+        self._client: GsbClient | None = None
+        self._early: list[GsbMessage] = []  # what arrived before the client was attached
+        self._lost: str | None = None  # why the connection ended, once it has
+        self._writable: asyncio.Future[None] | None = None  # set while writing is paused
+
+    def attach(self, client: GsbClient) -> None:
+        self._client = client
+        for message in self._early:
+            client._dispatch(message)
+        self._early.clear()
+        if self._lost is not None:
+            client._lost(self._lost)
+
+    def write(self, parts: list[Buffer]) -> None:
+        for part in parts:
+            self.transport.write(part)
+
+    async def drain(self) -> None:
+        """Waits while the socket's buffer is over its high-water mark."""
+        if self._lost is not None:
+            raise ConnectionResetError(self._lost)
+        if self._writable is not None:
+            await asyncio.shield(self._writable)
+
+    # asyncio.BufferedProtocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            messages = self._decoder.advance(nbytes)
+        except GsbProtocolError as exc:
+            self._end(f"the GSB connection to {self.url} broke: {exc}", warn=True)
+            self.transport.abort()
+            return
+        if self._client is None:
+            self._early += messages
+            return
+        for message in messages:
+            self._client._dispatch(message)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes, and connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._end(f"the GSB connection to {self.url} broke: {exc}", warn=True)
+        else:
+            buffered = self._decoder.buffered
+            cut = f", {buffered} bytes into a frame" if buffered else ""
+            self._end(f"the GSB router at {self.url} closed the connection{cut}")
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            if not self._writable.done():
+                self._writable.set_result(None)
+            self._writable = None
+
+    def _end(self, reason: str, *, warn: bool = False) -> None:
+        if self._lost is not None:
+            return
+        self._lost = reason
+        if warn:
+            logger.warning("%s", reason)
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_exception(ConnectionResetError(reason))
+            self._writable.exception()  # retrieved here: no waiter has to be there to see it
+        if self._client is not None:
+            self._client._lost(reason)
 
 
 _token = object()  # GsbClient is made by open_gsb only, which owns its tasks
@@ -106,16 +205,15 @@ _token = object()  # GsbClient is made by open_gsb only, which owns its tasks
 class GsbClient:
     """One connection to a GSB router; made by :func:`open_gsb`, valid inside its block."""
 
-    def __init__(self, token: object, url: str, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, tasks: asyncio.TaskGroup) -> None:
+    def __init__(self, token: object, url: str, connection: _Connection,
+                 tasks: asyncio.TaskGroup) -> None:
         if token is not _token:
             raise RuntimeError("use `async with open_gsb(url) as bus:`")
         self.url = url
         self.closed = asyncio.Event()
         """Set when the connection has ended, whether the router went away or we closed it."""
         self.router_hello: Hello | None = None
-        self._reader = reader
-        self._writer = writer
+        self._connection = connection
         self._tasks = tasks
         self._hello: asyncio.Future[Hello] = asyncio.get_running_loop().create_future()
         self._failure: GsbConnectionError | None = None
@@ -125,7 +223,6 @@ class GsbClient:
         self._register_waiters: collections.deque[asyncio.Future[RegisterReply]] = collections.deque()
         self._unregister_waiters: collections.deque[asyncio.Future[UnregisterReply]] = (
             collections.deque())
-        self._reader_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -167,7 +264,7 @@ class GsbClient:
     # --- calling -------------------------------------------------------------------------------
 
     async def call(self, address: str, payload: Any, *, timeout: float | None = None,
-                   caller: str = DEFAULT_CALLER) -> Any:
+                   caller: str = DEFAULT_CALLER, blob_views: bool = False) -> Any:
         """Calls ``address`` with ``payload`` and returns the ``v`` of its ``{"Ok": v}`` reply.
 
         Raises :class:`GsbRemoteError` for ``{"Err": e}``, :class:`GsbCallError` when the bus
@@ -175,16 +272,18 @@ class GsbClient:
         :class:`GsbConnectionLost` if the router goes away meanwhile, ``TimeoutError`` after
         ``timeout`` seconds. Pass a timeout wherever the serving side may die: yagna's router
         never answers a call whose serving connection drops before replying, nor a call to
-        ``/net/<node_id>/...`` for a node it does not know.
+        ``/net/<node_id>/...`` for a node it does not know. ``blob_views``: blobs in the reply
+        come back as read-only memoryviews of the received frame, not copies (see
+        :func:`~workgen.gsb.decode_payload`).
         """
-        data = encode_payload(payload)
+        data = encode_payload_parts(payload)
         async with asyncio.timeout(timeout), self._exchange(address, data, caller) as replies:
             reply = _reply_or_raise(await replies.get(), address)
         if reply.reply_type is ReplyType.PARTIAL:
             raise GsbProtocolError(f"{address} answered with a stream: use stream()")
         if not reply.data:
             raise GsbProtocolError(f"{address} answered with an empty reply")
-        return unwrap_result(decode_payload(reply.data), address=address)
+        return unwrap_result(decode_payload(reply.data, blob_views=blob_views), address=address)
 
     async def stream(self, address: str, payload: Any, *,
                      caller: str = DEFAULT_CALLER) -> AsyncIterator[Any]:
@@ -193,7 +292,7 @@ class GsbClient:
         A stream is PARTIAL replies ended by a FULL one (empty, or carrying a last item).
         Errors are those of :meth:`call`, raised where the stream breaks.
         """
-        data = encode_payload(payload)
+        data = encode_payload_parts(payload)
         async with self._exchange(address, data, caller) as replies:
             while True:
                 reply = _reply_or_raise(await replies.get(), address)
@@ -205,15 +304,15 @@ class GsbClient:
                     return
 
     @contextlib.asynccontextmanager
-    async def _exchange(self, address: str, data: bytes,
+    async def _exchange(self, address: str, data: list[Buffer],
                         caller: str) -> AsyncIterator[asyncio.Queue[CallReply | GsbConnectionError]]:
         self._check_open()
         request_id = uuid.uuid4().hex  # the router keys replies by id across connections
         replies: asyncio.Queue[CallReply | GsbConnectionError] = asyncio.Queue()
         self._pending[request_id] = replies
         try:
-            await self._send(CallRequest(caller=caller, address=address,
-                                         request_id=request_id, data=data))
+            await self._send(CallRequest(caller=caller, address=address, request_id=request_id),
+                             data)
             yield replies
         finally:
             self._pending.pop(request_id, None)  # a late reply then finds no one and is dropped
@@ -221,7 +320,7 @@ class GsbClient:
     # --- the connection ------------------------------------------------------------------------
 
     def _start(self, name: str) -> None:
-        self._reader_task = self._tasks.create_task(self._read_loop(), name=f"gsb-reader {self.url}")
+        self._connection.attach(self)
         # Each connection needs its own instance id: the router drops an older connection that
         # greets with the same one.
         self._write(Hello(name=name, version=HELLO_VERSION, instance_id=uuid.uuid4().bytes))
@@ -231,20 +330,8 @@ class GsbClient:
         logger.debug("connected to GSB router %s %s at %s",
                      self.router_hello.name, self.router_hello.version, self.url)
 
-    async def _read_loop(self) -> None:
-        decoder = FrameDecoder()
-        try:
-            while True:
-                data = await self._reader.read(_READ_SIZE)
-                if not data:
-                    cut = f", {decoder.buffered} bytes into a frame" if decoder.buffered else ""
-                    reason = f"the GSB router at {self.url} closed the connection{cut}"
-                    break
-                for message in decoder.feed(data):
-                    self._dispatch(message)
-        except (OSError, GsbProtocolError) as exc:
-            reason = f"the GSB connection to {self.url} broke: {exc}"
-            logger.warning("%s", reason)
+    def _lost(self, reason: str) -> None:
+        """The connection ended (the router hung up, or it broke)."""
         self._shut_down(GsbConnectionLost(self.url, reason))
 
     def _dispatch(self, message: GsbMessage) -> None:
@@ -305,7 +392,7 @@ class GsbClient:
             self._write(UnregisterRequest(service_id=prefix))
             waiters.append(waiter)
         try:
-            await self._writer.drain()
+            await self._connection.drain()
             for waiter in waiters:
                 await waiter
         finally:
@@ -330,22 +417,20 @@ class GsbClient:
             self._hello.set_exception(_fresh(reason))
         for task in self._serving:  # their replies could go nowhere
             task.cancel()
-        if self._reader_task is not None and self._reader_task is not asyncio.current_task():
-            self._reader_task.cancel()
-        self._writer.close()
+        self._connection.transport.close()
 
     def _check_open(self) -> None:
         if self._failure is not None:
             raise _fresh(self._failure)
 
-    def _write(self, message: GsbMessage) -> None:
+    def _write(self, message: GsbMessage, data: list[Buffer] | None = None) -> None:
         self._check_open()
-        self._writer.write(encode_frame(message))
+        self._connection.write(encode_frame_parts(message, data))
 
-    async def _send(self, message: GsbMessage) -> None:
-        self._write(message)
+    async def _send(self, message: GsbMessage, data: list[Buffer] | None = None) -> None:
+        self._write(message, data)
         try:
-            await self._writer.drain()
+            await self._connection.drain()
         except ConnectionError as exc:
             raise GsbConnectionLost(self.url, f"the GSB connection to {self.url} broke: {exc}") from exc
 
@@ -370,30 +455,30 @@ class GsbClient:
     async def _serve(self, request: CallRequest) -> None:
         found = self._lookup(request.address)
         if found is None:  # unregistered while the call was on its way
-            await self._answer(request, CODE_BAD_REQUEST, f"no service at {request.address}".encode())
+            await self._answer(request, CODE_BAD_REQUEST, [f"no service at {request.address}".encode()])
             return
         prefix, handler = found
         try:
             payload = decode_payload(request.data)
         except GsbProtocolError as exc:
             logger.warning("bad request to %s from %s: %s", request.address, request.caller, exc)
-            await self._answer(request, CODE_BAD_REQUEST, f"cannot decode the request: {exc}".encode())
+            await self._answer(request, CODE_BAD_REQUEST, [f"cannot decode the request: {exc}".encode()])
             return
         try:
             result = handler(request.address[len(prefix):].lstrip("/"), request.caller, payload)
             if isinstance(result, AsyncIterator):
                 await self._answer_stream(request, result)
             elif inspect.isawaitable(result):
-                reply = encode_payload(ok(await result))
+                reply = encode_payload_parts(ok(await result))
                 await self._answer(request, CODE_OK, reply)
             else:
                 raise TypeError(f"the handler for {prefix} returned {type(result).__name__}, "
                                 "not an awaitable or an async iterator")
         except GsbHandlerError as exc:
-            await self._answer(request, CODE_OK, encode_payload(err(exc.error)))
+            await self._answer(request, CODE_OK, encode_payload_parts(err(exc.error)))
         except GsbConnectionError as exc:
             if self._failure is None:  # the handler's own call failed; ours still stands
-                await self._answer(request, CODE_SERVICE_FAILURE, f"{type(exc).__name__}: {exc}".encode())
+                await self._answer(request, CODE_SERVICE_FAILURE, [f"{type(exc).__name__}: {exc}".encode()])
         except asyncio.CancelledError:
             if self._closing and self._failure is None and not request.no_reply:
                 with contextlib.suppress(GsbConnectionError):  # no await: we are being cancelled
@@ -402,28 +487,28 @@ class GsbClient:
             raise
         except Exception as exc:
             logger.exception("GSB handler for %s failed on %s", prefix, request.address)
-            await self._answer(request, CODE_SERVICE_FAILURE, f"{type(exc).__name__}: {exc}".encode())
+            await self._answer(request, CODE_SERVICE_FAILURE, [f"{type(exc).__name__}: {exc}".encode()])
 
     async def _answer_stream(self, request: CallRequest, items: AsyncIterator[Any]) -> None:
         aclose = getattr(items, "aclose", None)
         try:
             async for item in items:
-                if not await self._answer(request, CODE_OK, encode_payload(ok(item)),
+                if not await self._answer(request, CODE_OK, encode_payload_parts(ok(item)),
                                           ReplyType.PARTIAL):
                     return
-            await self._answer(request, CODE_OK, b"")  # an empty FULL reply ends the stream
+            await self._answer(request, CODE_OK, [])  # an empty FULL reply ends the stream
         finally:
             if aclose is not None:
                 await aclose()
 
-    async def _answer(self, request: CallRequest, code: int, data: bytes,
+    async def _answer(self, request: CallRequest, code: int, data: list[Buffer],
                       reply_type: ReplyType = ReplyType.FULL) -> bool:
         """Sends one reply; False if the connection is gone (the caller then stops)."""
         if request.no_reply:
             return True
         try:
             await self._send(CallReply(request_id=request.request_id, code=code,
-                                       reply_type=reply_type, data=data))
+                                       reply_type=reply_type), data)
         except GsbConnectionError:
             logger.debug("cannot answer %s: the connection is gone", request.address)
             return False
@@ -435,7 +520,7 @@ def _reply_or_raise(item: CallReply | GsbConnectionError, address: str) -> CallR
         raise _fresh(item)
     if item.code != CODE_OK:
         # The router and ya-service-bus put a UTF-8 message, not a payload, in failed replies.
-        raise GsbCallError(item.code, item.data.decode("utf-8", "replace"), address=address)
+        raise GsbCallError(item.code, str(item.data, "utf-8", "replace"), address=address)
     return item
 
 
