@@ -89,6 +89,9 @@ def _throughput(out: str) -> list[Row]:
             r"execute_tasks, local network:\s+([\d.]+)", out), _number(
             r"raw asyncio subprocess\s+:\s+([\d.]+)", out), "tasks/s",
             "raw asyncio subprocesses", min_ratio=1.0),
+        Row("tasks/s, the same against xargs -P (C spawning)", _number(
+            r"execute_tasks, local network:\s+([\d.]+)", out), _number(
+            r"xargs -P\d+\s+:\s+([\d.]+)", out), "tasks/s", "xargs -P", min_ratio=0.9),
         Row("examples/hello.py wall time", _number(r"hello.py wall time\s+:\s+([\d.]+)", out),
             _number(r"python -c pass wall time\s+:\s+([\d.]+)", out), "s", "python -c pass",
             max_value=1.0, higher_is_better=False),

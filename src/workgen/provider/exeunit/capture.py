@@ -147,6 +147,11 @@ class Collector:
         # Always kept, whatever the mode: the end of stderr explains a failure in its message.
         self.last = bytearray()
 
+    @property
+    def streams(self) -> bool:
+        """Whether output is wanted as it comes (events), not only at the end."""
+        return isinstance(self.mode, Stream)
+
     async def feed(self, data: bytes | bytearray) -> None:
         """Takes the next piece of the stream.
 

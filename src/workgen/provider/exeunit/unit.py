@@ -15,7 +15,6 @@ A command given in the wrong state fails with a clear message and leaves the act
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
 import logging
@@ -36,7 +35,9 @@ from ...protocol.results import (
     CommandOutcome, CommandResult, FailureKind, Finished, RuntimeEvent, Started, StdErr, StdOut,
     utc_now,
 )
-from ..runtime.channel import CommandHandle, SandboxError, SandboxLost, SupervisorChannel
+from ..runtime.channel import (
+    CommandHandle, SandboxError, SandboxLost, SpawnFailed, SupervisorChannel,
+)
 from ..runtime.sandbox import DEFAULT_PATH, Resources, SandboxSpec, open_sandbox, sandbox_user
 from ..images import GvmiImage, Image, ImageLease, ImageUnavailable
 from .batch import Batch, EventSubscription
@@ -131,7 +132,8 @@ class ExeUnit:
         # Finished batches are kept for their results (yagna's GetExecBatchResults may ask
         # again) within bounds, so a long-lived activity does not grow with every batch; the
         # ids of those let go are remembered a while longer, to say so when asked for.
-        self._released: collections.deque[str] = collections.deque(maxlen=RELEASED_IDS)
+        # Insertion-ordered, so the oldest goes first; a dict, so a lookup does not scan.
+        self._released: dict[str, None] = {}
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
         self._dir: ActivityDir | None = None
@@ -253,7 +255,9 @@ class ExeUnit:
                 continue
             excess -= 1
             del self._batches[b.id]
-            self._released.append(b.id)
+            self._released[b.id] = None
+            if len(self._released) > RELEASED_IDS:
+                del self._released[next(iter(self._released))]
 
     @property
     def kept_batches(self) -> int:
@@ -546,18 +550,18 @@ class ExeUnit:
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", **self._env,
                **(cmd.env or {})}
         try:
-            handle = await channel.spawn([cmd.entry_point, *cmd.args], env, self._workdir,
-                                         on_output)
+            handle = channel.spawn([cmd.entry_point, *cmd.args], env, self._workdir, on_output,
+                                   stream=out.streams or err.streams)
         except SandboxLost as exc:
             await self._lost(str(exc))
             raise _Failed(f"run: the activity's sandbox is gone ({exc})") from exc
-        except SandboxError as exc:
-            raise _Failed(f"run: {exc}", return_code=127) from exc
         cid = handle.id
         try:
             # Shielded: cancelling us must not cancel the exit future, which the kill below
             # still waits for.
             exit_ = await asyncio.shield(handle.exited)
+        except SpawnFailed as exc:
+            raise _Failed(f"run: {exc}", return_code=127) from exc
         except SandboxLost as exc:
             await self._lost(str(exc))
             raise _Failed(

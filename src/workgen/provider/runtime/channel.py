@@ -25,7 +25,7 @@ from .supervisor import SOURCE, SOURCE_MARKER
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-READY, SPAWNED, FAILED, STDOUT, STDERR, EXIT, USAGE = 1, 2, 3, 4, 5, 6, 7
+READY, FAILED, STDOUT, STDERR, EXIT, USAGE = 1, 3, 4, 5, 6, 7
 _HEADER = struct.Struct("!BII")
 CLOSE_TIMEOUT = 5.0
 ANSWER_TIMEOUT = 30.0
@@ -49,6 +49,10 @@ class SandboxLost(SandboxError):
     """The sandbox's supervisor went away while we still used it (killed, crashed)."""
 
 
+class SpawnFailed(SandboxError):
+    """A command could not be started (no such program, not executable...)."""
+
+
 @dataclass
 class Exit:
     return_code: int
@@ -59,14 +63,14 @@ class Exit:
 @dataclass
 class CommandHandle:
     id: int
-    pid: int
     exited: asyncio.Future[Exit]
+    """The command's exit; raises :class:`SpawnFailed` if it never started, and
+    :class:`SandboxLost` if the sandbox went away first."""
 
 
 @dataclass
 class _Pending:
     on_output: OutputCallback
-    spawned: asyncio.Future[int]
     exited: asyncio.Future[Exit] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -76,7 +80,6 @@ class SupervisorChannel:
         self._commands: dict[int, _Pending] = {}
         self._usage: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 1
-        self._abandoned: set[int] = set()
         self._closing = False
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lost: SandboxLost | None = None
@@ -98,25 +101,26 @@ class SupervisorChannel:
         assert self._process.stdin is not None
         self._process.stdin.write(json.dumps(request).encode() + b"\n")
 
-    async def spawn(
-        self, argv: Sequence[str], env: Mapping[str, str], cwd: str, on_output: OutputCallback
+    def spawn(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: str, on_output: OutputCallback,
+        *, stream: bool = False,
     ) -> CommandHandle:
-        """Start a command; raises :class:`SandboxError` if it cannot be started."""
+        """Ask for a command to be started; its handle's ``exited`` tells how it went.
+
+        Not waiting for an acknowledgement saves a round trip per command: the supervisor
+        takes requests in order, so a :meth:`kill` sent after this one always finds the
+        command. ``stream``: ``on_output`` gets output as it comes; otherwise it may get it
+        in larger pieces, as late as the exit.
+        """
+        if self.lost is not None:
+            raise self.lost
         cid = self._next_id
         self._next_id += 1
-        loop = asyncio.get_running_loop()
-        pending = _Pending(on_output, loop.create_future())
+        pending = _Pending(on_output)
         self._commands[cid] = pending
-        try:
-            self._send({"op": "spawn", "id": cid, "argv": list(argv), "env": dict(env), "cwd": cwd})
-            pid = await self._answer(pending.spawned, "spawn a command")
-        except BaseException:
-            if self._commands.pop(cid, None) is not None and self.lost is None:
-                # Given up on (a timeout, a cancel) while the supervisor may be starting it: a
-                # command nobody waits for must not run on, so it is killed once it exists.
-                self._abandoned.add(cid)
-            raise
-        return CommandHandle(cid, pid, pending.exited)
+        self._send({"op": "spawn", "id": cid, "argv": list(argv), "env": dict(env), "cwd": cwd,
+                    "stream": stream})
+        return CommandHandle(cid, pending.exited)
 
     def kill(self, cid: int, sig: int = signal.SIGKILL) -> None:
         """Signal the process group of a running command (no-op once it has exited)."""
@@ -165,14 +169,23 @@ class SupervisorChannel:
     async def _read_frames(self) -> None:
         reader = self._process.stdout
         assert reader is not None
+        # Whatever has arrived is taken at once and split here: a command's spawn, output and
+        # exit usually come together, and one wake-up then serves them all.
+        buffer = bytearray()
+        header_size = _HEADER.size
         try:
-            while True:
-                header = await reader.readexactly(_HEADER.size)
-                kind, cid, length = _HEADER.unpack(header)
-                payload = await reader.readexactly(length) if length else b""
-                await self._dispatch(kind, cid, payload)
-        except asyncio.IncompleteReadError:
-            pass
+            while chunk := await reader.read(1 << 16):
+                buffer += chunk
+                pos = 0
+                while len(buffer) - pos >= header_size:
+                    kind, cid, length = _HEADER.unpack_from(buffer, pos)
+                    end = pos + header_size + length
+                    if len(buffer) < end:
+                        break
+                    payload = bytes(buffer[pos + header_size:end])
+                    pos = end
+                    await self._dispatch(kind, cid, payload)
+                del buffer[:pos]
         finally:
             self._mark_lost()
 
@@ -181,19 +194,10 @@ class SupervisorChannel:
             pending = self._commands.get(cid)
             if pending is not None:
                 await pending.on_output(1 if kind == STDOUT else 2, payload)
-        elif kind == SPAWNED and cid in self._abandoned:
-            self._abandoned.discard(cid)
-            with contextlib.suppress(SandboxError, ConnectionError):
-                self._send({"op": "kill", "id": cid, "sig": int(signal.SIGKILL)})
-        elif kind == SPAWNED:
-            pending = self._commands.get(cid)
-            if pending is not None and not pending.spawned.done():
-                pending.spawned.set_result(json.loads(payload)["pid"])
         elif kind == FAILED:
-            self._abandoned.discard(cid)
             pending = self._commands.pop(cid, None)
-            if pending is not None and not pending.spawned.done():
-                pending.spawned.set_exception(SandboxError(payload.decode(errors="replace")))
+            if pending is not None and not pending.exited.done():
+                pending.exited.set_exception(SpawnFailed(payload.decode(errors="replace")))
         elif kind == EXIT:
             pending = self._commands.pop(cid, None)
             if pending is not None:
@@ -219,10 +223,9 @@ class SupervisorChannel:
             reason = "sandbox closed" if self._closing else "sandbox supervisor exited unexpectedly"
             self.lost = SandboxLost(reason)
         for pending in self._commands.values():
-            for fut in (pending.spawned, pending.exited):
-                if not fut.done():
-                    fut.set_exception(self.lost)
-                    fut.exception()  # retrieved here so an unawaited one doesn't warn
+            if not pending.exited.done():
+                pending.exited.set_exception(self.lost)
+                pending.exited.exception()  # retrieved here so an unawaited one doesn't warn
         self._commands.clear()
         for usage in self._usage.values():
             if not usage.done():
@@ -291,6 +294,13 @@ async def open_channel(
         )
     except OSError as exc:
         raise SandboxError(f"cannot start the sandbox ({argv[0]}): {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        # An event loop other than asyncio's own (uvloop) may not start a process as another
+        # user; without that the sandbox cannot drop to its unprivileged user.
+        raise SandboxError(
+            f"cannot start the sandbox: this event loop ({type(asyncio.get_running_loop())}) "
+            f"refused to start it as the sandbox's user ({exc}); use "
+            "asyncio's own event loop") from exc
     if before_start is not None:
         assert process.stdin is not None
         try:

@@ -9,13 +9,18 @@ Protocol on the supervisor's stdin/stdout (the host side is ``channel.py``):
 
 * requests, one JSON object per line::
 
-    {"op": "spawn", "id": 7, "argv": ["/bin/sh", "-c", "date"], "env": {...}, "cwd": "/golem/work"}
+    {"op": "spawn", "id": 7, "argv": ["/bin/sh", "-c", "date"], "env": {...}, "cwd": "/golem/work",
+     "stream": false}
     {"op": "kill", "id": 7, "sig": 9}
     {"op": "usage", "id": 0}
 
 * replies, binary frames ``!BII`` (type, command id, payload length) then the payload: READY,
-  SPAWNED and FAILED (a spawn that did not happen: payload is the reason), STDOUT and STDERR
-  (raw bytes), EXIT (JSON: return code, and a note when output was left unread), USAGE (JSON).
+  FAILED (a spawn that did not happen: payload is the reason), STDOUT and STDERR (raw bytes),
+  EXIT (JSON: return code, and a note when output was left unread), USAGE (JSON). A spawn that
+  succeeds is not acknowledged: requests are handled in order, so a later kill finds it.
+
+Output of a command not streamed (``"stream": false``) is held back until its exit or until
+``FLUSH_AT`` bytes are waiting, so a short command costs the host one wake-up, not one per frame.
 
 Output flows with back-pressure: when the host reads slowly the outgoing buffer fills, the
 supervisor stops reading the commands' pipes, and the commands block on their writes.
@@ -35,25 +40,29 @@ SOURCE_MARKER = "workgen-supervisor"
 SOURCE = r'''
 import errno, json, os, resource, selectors, signal, struct, sys, time
 
-READY, SPAWNED, FAILED, STDOUT, STDERR, EXIT, USAGE = 1, 2, 3, 4, 5, 6, 7
+READY, FAILED, STDOUT, STDERR, EXIT, USAGE = 1, 3, 4, 5, 6, 7
 HEADER = struct.Struct("!BII")
 CHUNK = 65536
 HIGH_WATER = 1 << 20
+FLUSH_AT = 1 << 16
 # After a command exits, its output pipes normally close at once; a background process that
 # inherited them may keep them open, and must not hold the command's result forever.
 EOF_GRACE = 1.0
 
 sel = selectors.DefaultSelector()
 out = bytearray()
+urgent = False
 commands = {}
 by_pid = {}
 reading_paused = False
 finished_cpu = 0.0
 
 
-def send(kind, cid, payload=b""):
+def send(kind, cid, payload=b"", now=True):
+    global urgent
     out.extend(HEADER.pack(kind, cid, len(payload)))
     out.extend(payload)
+    urgent = urgent or now
 
 
 def send_json(kind, cid, obj):
@@ -61,8 +70,8 @@ def send_json(kind, cid, obj):
 
 
 class Command:
-    def __init__(self, cid, pid, fds):
-        self.cid, self.pid = cid, pid
+    def __init__(self, cid, pid, fds, stream):
+        self.cid, self.pid, self.stream = cid, pid, stream
         self.fds = dict(fds)  # fd -> frame type
         self.status = None
         self.exited_at = None
@@ -96,7 +105,11 @@ class Command:
             del commands[self.cid]
 
 
+cwd_now = None
+
+
 def spawn(req):
+    global cwd_now
     cid = req["id"]
     r_out, w_out = os.pipe()
     r_err, w_err = os.pipe()
@@ -104,7 +117,10 @@ def spawn(req):
         argv = req["argv"]
         env = req.get("env") or {}
         cwd = req.get("cwd") or "/"
-        os.chdir(cwd)
+        if cwd != cwd_now:
+            cwd_now = None  # unknown until chdir succeeds
+            os.chdir(cwd)
+            cwd_now = cwd
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, w_out, 1),
@@ -125,10 +141,9 @@ def spawn(req):
         os.set_blocking(fd, False)
         if not reading_paused:
             sel.register(fd, selectors.EVENT_READ, ("pipe", cid))
-    cmd = Command(cid, pid, {r_out: STDOUT, r_err: STDERR})
+    cmd = Command(cid, pid, {r_out: STDOUT, r_err: STDERR}, bool(req.get("stream")))
     commands[cid] = cmd
     by_pid[pid] = cmd
-    send_json(SPAWNED, cid, {"pid": pid})
 
 
 def group_alive(pgid):
@@ -228,6 +243,7 @@ def shield():
 
 
 def main():
+    global urgent
     limits = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     shield_problem = shield()
     wake_r, wake_w = os.pipe()
@@ -246,8 +262,19 @@ def main():
                          "shield": shield_problem})
     inbuf = b""
     writing = False
+    reaping = True
     while True:
-        want_write = bool(out)
+        if out and not writing and (urgent or len(out) >= FLUSH_AT):
+            # Written at once: waiting for the selector to call the pipe writable costs a
+            # round of system calls per frame. It is watched only while the host lags.
+            try:
+                del out[:os.write(stdout, out)]
+            except BlockingIOError:
+                pass
+            except BrokenPipeError:
+                return
+            urgent = bool(out)
+        want_write = bool(out) and (writing or urgent or len(out) >= FLUSH_AT)
         if want_write != writing:
             if want_write:
                 sel.register(stdout, selectors.EVENT_WRITE, ("out", 0))
@@ -255,7 +282,8 @@ def main():
                 sel.unregister(stdout)
             writing = want_write
         timeout = None
-        if any(c.status is not None for c in commands.values()):
+        waiting = any(c.status is not None for c in commands.values())
+        if waiting:
             timeout = 0.01 if any(c.killed for c in commands.values()) else EOF_GRACE / 4
         for key, _ in sel.select(timeout):
             kind, cid = key.data
@@ -271,7 +299,7 @@ def main():
                 if cmd is None or key.fd not in cmd.fds:
                     continue
                 if data:
-                    send(cmd.fds[key.fd], cid, data)
+                    send(cmd.fds[key.fd], cid, data, cmd.stream)
                 else:
                     cmd.close_fd(key.fd)
                     cmd.maybe_finish(time.monotonic())
@@ -283,12 +311,13 @@ def main():
                 except BrokenPipeError:
                     return
                 del out[:n]
+                urgent = urgent and bool(out)
             elif kind == "wake":
                 try:
                     os.read(wake_r, 512)
                 except BlockingIOError:
                     pass
-                reap(time.monotonic())
+                reaping = True
             else:
                 try:
                     data = os.read(stdin, CHUNK)
@@ -307,10 +336,15 @@ def main():
                         kill(req)
                     elif op == "usage":
                         send_json(USAGE, req["id"], {"cpu_sec": cpu_seconds()})
-        now = time.monotonic()
-        reap(now)
-        for cmd in list(commands.values()):
-            cmd.maybe_finish(now)
+        if reaping or waiting:
+            # Exits are learnt from SIGCHLD (the wake-up pipe); an exited command whose
+            # output is still open is looked at again when its grace period may be over.
+            now = time.monotonic()
+            if reaping:
+                reap(now)
+                reaping = False
+            for cmd in list(commands.values()):
+                cmd.maybe_finish(now)
         set_reading(len(out) < HIGH_WATER)
 
 
