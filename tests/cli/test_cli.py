@@ -213,6 +213,13 @@ def end(proc: subprocess.Popen[str]) -> None:
     proc.communicate()
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
 def test_sigterm_stops_exeunit_run_and_cleans_up_the_activity(work_tmp: Path) -> None:
     batch = work_tmp / "batch.json"
     batch.write_text(json.dumps([
@@ -235,9 +242,12 @@ def test_sigterm_stops_exeunit_run_and_cleans_up_the_activity(work_tmp: Path) ->
         # The activity's directory (and whatever else of it the execution unit keeps there).
         activities = [p for p in work_tmp.iterdir() if p.name.startswith("workgen-act-")]
         assert any(p.is_dir() for p in activities), activities
-        processes = {pid: start_time(pid) for pid in descendants(proc.pid)}
-        assert any(Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/bin/sleep\0")
-                   for pid in processes), "the sleep is not among the command's processes"
+        # The shell printed before it became the sleep: its exec may still be under way.
+        while True:
+            processes = {pid: start_time(pid) for pid in descendants(proc.pid)}
+            if any(_cmdline(pid).startswith(b"/bin/sleep\0") for pid in processes):
+                break
+            assert time.monotonic() < deadline, "the sleep is not among the command's processes"
         out, err, took = stop_with_sigterm(proc)
     finally:
         end(proc)

@@ -204,6 +204,14 @@ class Collector:
             if self._text is None:
                 self._value = b"".join(parts)
                 return
+            if sum(map(len, parts)) <= min(self._limit, _BLOCK):
+                # The usual case, a little valid text, without the general path's pieces.
+                try:
+                    self._value = b"".join(parts).decode()
+                    self._chars_cut = (len(self._value), 0)
+                    return
+                except UnicodeDecodeError:
+                    pass
             # Escapes make bad bytes four characters each: the text is kept to the cap in
             # characters too, piece by piece, so it never grows to four times the cap.
             text = _HeadTailText(self._limit)
