@@ -322,8 +322,8 @@ def test_malformed_payloads_raise_protocol_errors(data: bytes) -> None:
 
 
 def test_a_zlib_bomb_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import workgen.gsb.codec as codec
-    monkeypatch.setattr(codec, "MAX_PAYLOAD_SIZE", 1000)
+    import workgen.gsb.payload as payload
+    monkeypatch.setattr(payload, "MAX_PAYLOAD_SIZE", 1000)
     with pytest.raises(GsbProtocolError, match="inflates"):
         decode_payload(zlib.compress(bytes(10_000)))
 
