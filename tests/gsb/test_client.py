@@ -177,6 +177,45 @@ async def test_a_slow_handler_does_not_hold_up_other_calls(tmp_path: Path) -> No
     assert (slow.result(), fast.result()) == ("waited", "released")
 
 
+async def test_a_reply_queued_behind_a_call_to_a_silent_handler_is_not_held_back(
+        tmp_path: Path) -> None:
+    # The router writes with Nagle's algorithm on: after a call to us that we do not answer
+    # yet, a reply we wait for is held until we acknowledge the call's bytes, and a delayed
+    # ACK would hold it ~40 ms (a provider waiting on its daemon while a requestor asks).
+    reached: asyncio.Event
+    answered: asyncio.Event
+    delays: list[float] = []
+
+    async def answer_once_reached(address: str, caller: str, payload: Any) -> Any:
+        await reached.wait()
+        return "answer"
+
+    async def wait_in_silence(address: str, caller: str, payload: Any) -> Any:
+        reached.set()
+        await answered.wait()
+        return "done"
+
+    prefix = service_prefix()
+    async with daemon(tmp_path) as node:
+        async with open_gsb(node.gsb_url) as waiter, open_gsb(node.gsb_url) as answerer, \
+                open_gsb(node.gsb_url) as caller:
+            await answerer.register(f"{prefix}/answer", answer_once_reached)
+            await waiter.register(f"{prefix}/silent", wait_in_silence)
+            for _ in range(20):
+                reached, answered = asyncio.Event(), asyncio.Event()
+                async with asyncio.TaskGroup() as tg:
+                    asked = tg.create_task(waiter.call(f"{prefix}/answer/X", None))
+                    silent = tg.create_task(caller.call(f"{prefix}/silent/X", None))
+                    await reached.wait()
+                    began = asyncio.get_running_loop().time()
+                    await asked
+                    delays.append(asyncio.get_running_loop().time() - began)
+                    answered.set()
+                    await silent
+    # The later rounds: a new connection starts out acknowledging at once.
+    assert sorted(delays[10:])[5] < 0.02, [round(d * 1000, 1) for d in delays]
+
+
 async def test_calls_route_to_the_longest_registered_prefix(tmp_path: Path) -> None:
     async def outer(address: str, caller: str, payload: Any) -> Any:
         return f"outer:{address}"

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import inspect
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
@@ -121,6 +122,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._early: list[GsbMessage] = []  # what arrived before the client was attached
         self._lost: str | None = None  # why the connection ended, once it has
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
+        self._quickack: Any = None  # the TCP socket, where acknowledgements can be hurried
 
     def attach(self, client: GsbClient) -> None:
         self._client = client
@@ -146,11 +148,20 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if (hasattr(socket, "TCP_QUICKACK") and sock is not None
+                and sock.family in (socket.AF_INET, socket.AF_INET6)):
+            self._quickack = sock
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._decoder.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._quickack is not None:
+            # yagna's router writes to us with Nagle's algorithm on: a second small frame
+            # (say a reply we wait for) is held until our ACK of the first, and a delayed ACK
+            # holds it ~40 ms when we have nothing to send meanwhile. ACK what came at once.
+            self._quickack.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         try:
             messages = self._decoder.advance(nbytes)
         except GsbProtocolError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -61,3 +62,25 @@ async def test_results_refuse_nonsense(bad: dict[str, Any]) -> None:
         with pytest.raises(GsbHandlerError) as caught:
             await call(service, "GetExecBatchResults", batchId=batch, **bad)
         assert "badRequest" in caught.value.error
+
+
+
+async def test_results_go_out_once_the_daemon_has_the_activitys_state() -> None:
+    reported = asyncio.Event()
+    waits = 0
+
+    async def settled() -> None:
+        nonlocal waits
+        waits += 1
+        await reported.wait()
+
+    async with ExeUnit() as unit:
+        service = ExeUnitService(unit, (), settled)
+        batch = await call(service, "Exec", batchId="b1", exeScript=SETUP)
+        answer = asyncio.ensure_future(
+            call(service, "GetExecBatchResults", batchId=batch, timeout=30))
+        await unit.batch(batch).finished.wait()
+        await asyncio.sleep(0.05)
+        assert not answer.done() and waits == 1
+        reported.set()
+        assert (await answer)[-1]["isBatchFinished"]

@@ -51,12 +51,12 @@ def _iso(moment: datetime | None = None) -> str:
 
 class _States:
     """An activity's state changes, reported to the daemon in order; :meth:`settled` waits
-    until the daemon has the latest state and usage."""
+    until the daemon has the latest one."""
 
     SETTLE_TIMEOUT = 5.0
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[ActivityState | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[ActivityState] = asyncio.Queue()
         self.changes = 0
         self.reported = 0
         self._done = asyncio.Condition()
@@ -71,12 +71,18 @@ class _States:
             self._done.notify_all()
 
     async def settled(self) -> None:
-        """Report state and usage now, and wait until the daemon has them: a requestor that
-        sees a batch end and asks for the activity's state or usage must find what explains
-        it (the daemon answers those from its last report; a second-old report can still say
-        no CPU was used)."""
-        self.changes += 1
-        self.queue.put_nowait(None)
+        """Wait until the daemon has the latest state, as yagna's exe unit does before it
+        records a command's result: a requestor that sees the result and asks the daemon for
+        the activity's state finds the state the command left.
+
+        Usage is not waited for: yagna's exe unit reports it once a second, whatever its
+        batches do, so a requestor reading it right after a batch can find it up to a second
+        old there as here. A usage report per batch put a supervisor round trip and a daemon
+        write on every script's way, and sent alongside, it competed with the script's results
+        in the daemons.
+        """
+        if self.reported >= self.changes:
+            return
         # Bounded: a daemon that does not take the report must not hold results back.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.SETTLE_TIMEOUT), self._done:
@@ -390,19 +396,16 @@ class YagnaLink:
                     while not states.queue.empty():  # one report covers changes made meanwhile
                         states.queue.get_nowait()
                     changes = states.changes
-                    # A batch's end asks for a report too, mostly for its usage: the state
-                    # goes to the daemon only when it is new (one GSB call less per script).
                     state = activity_state(unit)
                     if state != last:
                         await self._set_state(unit.activity_id, state)
                         last = state
+                    await states.mark_reported(changes)  # results wait for this, not usage
                 except TimeoutError:
-                    changes = None
+                    pass
                 usage = await usage_report(unit, vector)
                 await self._bus.call("/local/activity/SetActivityUsage", {
                     "activityId": unit.activity_id, "usage": usage, "timeout": None})
-                if changes is not None:
-                    await states.mark_reported(changes)
         except GsbError as exc:
             log.error("%s: reporting activity %s: %s", self._name, unit.activity_id, exc)
 

@@ -56,8 +56,8 @@ class ExeUnitService:
                  settled: Callable[[], Awaitable[None]] | None = None):
         self.unit = unit
         self.usage_vector = usage_vector
-        # Awaited before a batch's end goes out: a requestor that sees it and asks the daemon
-        # for the activity's state or usage must find what explains it.
+        # Awaited before results go out: a requestor that sees a command's result and asks
+        # the daemon for the activity's state must find the state that command left.
         self._settled = settled
 
     def handle(self, address: str, caller: str, payload: Any) -> Any:
@@ -120,7 +120,7 @@ class ExeUnitService:
             results = list(batch.results)
         if index is not None:
             results = [r for r in results if r.index <= index]
-        if self._settled is not None and results and results[-1].is_batch_finished:
+        if self._settled is not None and results:
             await self._settled()
         return [r.to_json() for r in results]
 
