@@ -77,6 +77,15 @@ async def test_deploy_env_reaches_every_run_and_run_env_overrides_it(tmp_path: P
     assert results[2].stdout == "deploy run\n"
 
 
+async def test_commands_run_under_the_normal_policy_while_their_supervisor_is_a_batch_task(
+        tmp_path: Path) -> None:
+    # /proc/PID/sched names the policy by number: 0 is SCHED_OTHER, 3 SCHED_BATCH.
+    async with ready_unit(tmp_path) as unit:
+        result = await run_one(unit, "grep -h '^policy' /proc/self/sched /proc/1/sched")
+    ours, supervisor = (line.split(":")[1].strip() for line in result.stdout.splitlines())
+    assert (ours, supervisor) == ("0", "3"), result.stdout
+
+
 async def test_nonzero_exit_fails_the_command_and_ends_the_batch(tmp_path: Path) -> None:
     async with ready_unit(tmp_path) as unit:
         results = await run_batch(unit, [sh("echo partial; echo boom >&2; exit 3"), sh("echo never")])
