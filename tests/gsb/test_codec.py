@@ -8,6 +8,8 @@ from typing import Any
 
 import flatbuffers.flexbuffers as fx  # type: ignore[import-untyped]
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from workgen.gsb import GsbProtocolError, GsbRemoteError, decode_payload, encode_payload
 from workgen.gsb.codec import (
@@ -342,3 +344,46 @@ def test_results_wrap_and_unwrap() -> None:
 def test_a_reply_that_is_no_result_is_a_protocol_error(value: Any) -> None:
     with pytest.raises(GsbProtocolError):
         unwrap_result(value)
+
+
+# -- hostile bytes ---------------------------------------------------------------------------
+# A peer's daemon relays what any node sends: whatever the bytes, decoding either gives a value
+# or raises GsbProtocolError, never another exception, and never hangs or balloons.
+
+_SAMPLES = [encode_payload(v) for v in (
+    {"Ok": {"batch_id": "b1", "commands": [{"run": {"entry_point": "/bin/sh", "args": ["-c"]}}]}},
+    [1, -2, 3.5, None, True, "text", b"\x00\x01" * 40, {"k": [{"n": 2**40}]}],
+    {"Err": {"message": "no", "code": 500}},
+)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(
+    st.binary(max_size=300),
+    st.tuples(st.sampled_from(_SAMPLES), st.integers(0, 10_000), st.integers(0, 255))
+    .map(lambda t: t[0][:t[1] % len(t[0])] + bytes([t[2]]) + t[0][t[1] % len(t[0]) + 1:]),
+    st.tuples(st.sampled_from(_SAMPLES), st.integers(1, 10_000))
+    .map(lambda t: t[0][:t[1] % len(t[0])]),
+))
+def test_any_payload_bytes_decode_or_raise_a_protocol_error(data: bytes) -> None:
+    try:
+        decode_payload(data)
+    except GsbProtocolError:
+        pass
+    try:
+        decode_payload(data, blob_views=True)
+    except GsbProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=12),
+       st.lists(st.sampled_from([encode_frame(m) for m in EVERY_MESSAGE]), max_size=3))
+def test_any_frame_bytes_decode_or_raise_a_protocol_error(pieces: list[bytes],
+                                                          frames: list[bytes]) -> None:
+    decoder = FrameDecoder(max_frame_size=1 << 16)
+    try:
+        for piece in [*frames, *pieces]:
+            decoder.feed(piece)
+    except GsbProtocolError:
+        return
