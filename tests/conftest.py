@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,12 @@ import pytest
 from support.networks import DevnetNet, LocalNet, Network, start_test_devnet, stop_test_devnet
 from workgen.devnet import Devnet
 from workgen.provider.runtime.sandbox import owns_sandbox_uid
+
+# A shell that starts the suite in the background without job control leaves SIGINT ignored,
+# and every process the tests start would inherit that: the Ctrl-C tests would then test the
+# shell, not workgen. Python's own handler is reset to the default in each child it starts.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ASYNC_TEST_TIMEOUT = 90.0
 
