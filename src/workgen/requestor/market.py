@@ -4,6 +4,12 @@
 offer is scored by the strategy, acceptable ones are answered with our terms, and the providers'
 drafts wait, best score first, until a worker slot asks :meth:`Market.sign` for an agreement.
 Slots ask concurrently, so providers are acquired in parallel.
+
+The counter-proposal takes up the deadline the offer names for accepting debit notes
+(``golem.com.payment.debit-notes.accept-timeout?``, raised to :data:`MIN_ACCEPT_TIMEOUT`): a
+provider holds a requestor to a deadline only when both sides name one, and only a deadline
+lets it end the agreement of a requestor that went away instead of working unpaid until the
+agreement expires. Debit notes are answered as they come (``requestor/payments.py``).
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TypeVar
 
@@ -22,6 +29,7 @@ from .._aio import task_scope
 from ..backends.base import Agreement, Backend, Demand, DemandSubscription, Proposal
 from ..errors import AgreementRejected, NoProvidersError
 from ..protocol.pricing import LinearPricing
+from ..protocol.properties import COM_PAYMENT_DEBIT_NOTES_ACCEPT_TIMEOUT
 from ..protocol.results import utc_now
 from . import events
 from .strategy import SCORE_REJECTED, MarketStrategy
@@ -29,6 +37,9 @@ from .strategy import SCORE_REJECTED, MarketStrategy
 log = logging.getLogger(__name__)
 
 AGREEMENT_VALIDITY = timedelta(hours=10)
+MIN_ACCEPT_TIMEOUT = 30
+"""The shortest deadline for accepting a debit note that a requestor agrees to (seconds): a
+shorter one would risk agreements for a slow REST call."""
 R = TypeVar("R")
 
 
@@ -116,7 +127,8 @@ class Market:
                 heapq.heappush(self._drafts, (-score, next(self._order), proposal))
                 self._changed.notify_all()
         else:
-            await self._backend.counter_proposal(self._sub, proposal, self._demand)
+            await self._backend.counter_proposal(self._sub, proposal,
+                                                 counter_demand(self._demand, proposal.properties))
 
     async def _refuse(self, issuer_id: str, name: str, why: str) -> None:
         self._pending.discard(issuer_id)
@@ -198,6 +210,20 @@ class Market:
                 provider_id=agreement.provider_id, provider_name=agreement.provider_name,
                 pricing=pricing))
             return agreement, reservation
+
+
+def counter_demand(demand: Demand, offer: Mapping[str, object]) -> Demand:
+    """``demand`` as the answer to an offer with properties ``offer``: with the offer's
+    debit-note acceptance deadline, when it names one, at least :data:`MIN_ACCEPT_TIMEOUT`."""
+    offered = offer.get(COM_PAYMENT_DEBIT_NOTES_ACCEPT_TIMEOUT)
+    if (isinstance(offered, bool) or not isinstance(offered, (int, float))
+            or not math.isfinite(offered) or offered <= 0):
+        return demand
+    deadline = max(offered, MIN_ACCEPT_TIMEOUT)
+    properties = dict(demand.properties)
+    properties[COM_PAYMENT_DEBIT_NOTES_ACCEPT_TIMEOUT] = (
+        int(deadline) if float(deadline).is_integer() else deadline)
+    return Demand(properties=properties, constraints=demand.constraints)
 
 
 def _refusals(refused: Iterable[tuple[str, str]]) -> str:

@@ -257,3 +257,71 @@ async def test_debit_notes_are_payable_when_mid_agreement_payments_were_negotiat
         note = await req.accept_debit_note(start)
         assert note["agreementId"] == agreement and note.get("paymentDueDate")
         await req.destroy(activity)
+
+
+DYING_REQUESTOR = """
+import asyncio, sys
+from workgen import Golem, events, vm
+from workgen.backends.yagna import Yagna
+
+api_url, appkey, gsb_url, subnet = sys.argv[1:5]
+
+def report(event):
+    # The first accepted debit note: the requestor keeps its side of the deadline.
+    if isinstance(event, events.DebitNoteAccepted):
+        print("ACCEPTED", event.agreement_id, flush=True)
+
+async def worker(ctx, tasks):
+    async for task in tasks:
+        script = ctx.new_script()
+        script.run("/bin/sleep", "600")
+        yield script
+
+async def main():
+    backend = Yagna(api_url=api_url, appkey=appkey, gsb_url=gsb_url, subnet=subnet)
+    async with Golem(budget=1, backend=backend, event_consumer=report) as golem:
+        async for _ in golem.execute_tasks(worker, [1], payload=vm.repo()):
+            pass
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.watchdog(180)
+async def test_a_workgen_requestor_that_dies_loses_its_agreement_at_the_deadline(
+        tmp_path: Path) -> None:
+    """A workgen requestor agrees to the deadline the provider offers (at least 30 s), so when
+    it is killed, the provider breaks the agreement then, instead of working on unpaid until
+    it expires."""
+    script = tmp_path / "requestor.py"
+    script.write_text(DYING_REQUESTOR)
+    subnet = "t" + secrets.token_hex(4)
+    async with two_nodes(tmp_path) as (hub, node), \
+            provider_in_process(node, subnet, accept_timeout=10.0):
+        req = RestRequestor(hub.api_url, hub.appkey)  # reads the daemon after the process died
+        try:
+            start = iso(-1)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, str(script), hub.api_url, hub.appkey, hub.gsb_url, subnet,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            assert process.stdout is not None and process.stderr is not None
+            try:
+                line = await process.stdout.readline()
+                assert line.startswith(b"ACCEPTED "), line + await process.stderr.read()
+                agreement = line.split()[1].decode()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                await process.wait()
+            killed = asyncio.get_running_loop().time()
+            demand = (await req.call("GET", f"/market-api/v1/agreements/{agreement}"))["demand"]
+            # The provider offered 10 s; a requestor takes no less than 30.
+            assert demand["properties"][
+                "golem.com.payment.debit-notes.accept-timeout?"] == 30, demand
+            event = await req.terminated(agreement, start)
+            assert event["reason"]["golem.provider.code"] == "DebitNotesDeadline", event
+            # Broken for the notes sent after the requestor died, none it had to answer.
+            assert asyncio.get_running_loop().time() - killed > 25
+        finally:
+            await req.aclose()
