@@ -1,12 +1,15 @@
 """Benchmark: one-command scripts, one after the other, through a devnet and through the local
 network, on one activity each.
 
-* devnet: ``Devnet.up(providers=1)`` and its Python provider (real yagna daemons on loopback),
-  driven by the test suite's REST requestor (``tests/support/requestor.py``) on the requestor
-  node: each script is ``POST .../exec`` then the long poll of ``GET .../exec/{batch}`` until its
-  command is done, so it crosses requestor daemon -> provider daemon -> agent and back.
-* local: the same scripts through ``LocalNetwork(providers=1)``'s backend verbs, ``exec`` then
-  ``results()``, in process.
+* devnet: ``Devnet.up(providers=1)`` and its Python provider (real yagna daemons on loopback).
+  One activity, made through workgen's yagna backend, is driven two ways in turn:
+  - the yagna backend's verbs, ``exec`` then ``results()``: the messages go over the requestor
+    daemon's GSB straight to the provider's exe unit;
+  - the daemon's REST API, as every other SDK drives it, through the test suite's REST
+    requestor (``tests/support/requestor.py``): ``POST .../exec`` then the long poll of
+    ``GET .../exec/{batch}`` until its command is done.
+  Both cross requestor daemon -> provider daemon -> agent and back.
+* local: the same scripts through ``LocalNetwork(providers=1)``'s backend verbs, in process.
 
 Each script is ``/bin/sh -c date`` with stdout captured; a few unmeasured scripts go first.
 Printed: scripts per second (N over the wall time of all N) and per-script latency (median,
@@ -22,6 +25,7 @@ import argparse
 import asyncio
 import io
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,77 +74,103 @@ class Figures:
 
 
 async def timed(label: str, n: int, one_script: Callable[[], Awaitable[None]]) -> Figures:
-    for _ in range(WARMUP):
-        await one_script()
-    latencies = []
-    start = time.perf_counter()
+    (figures,) = await timed_together(n, {label: one_script})
+    return figures
+
+
+async def timed_together(n: int, ways: dict[str, Callable[[], Awaitable[None]]]
+                         ) -> list[Figures]:
+    """Each way's scripts, taken in turn (one of each, N times), so that a busy moment of the
+    machine weighs on all of them alike."""
+    for one_script in ways.values():
+        for _ in range(WARMUP):
+            await one_script()
+    latencies: dict[str, list[float]] = {label: [] for label in ways}
     for _ in range(n):
-        began = time.perf_counter()
-        await one_script()
-        latencies.append(time.perf_counter() - began)
-    return Figures(label, latencies, time.perf_counter() - start)
+        for label, one_script in ways.items():
+            began = time.perf_counter()
+            await one_script()
+            latencies[label].append(time.perf_counter() - began)
+    # Each way's wall time is its own scripts' time: they ran interleaved.
+    return [Figures(label, xs, sum(xs)) for label, xs in latencies.items()]
 
 
-async def through_devnet(n: int, api_url: str, appkey: str) -> Figures:
+async def one_activity(backend: Any, subnet: str, amount: Decimal) -> tuple[Any, Any]:
+    """An agreement with the first provider that offers, and a deployed, started activity on
+    it, made through ``backend``'s verbs."""
+    allocation = await backend.create_allocation(amount)
+    decoration = await backend.demand_decoration(allocation)
+    demand = Demand(
+        properties={"golem.srv.comp.expiration": int(time.time() * 1000) + 3_600_000,
+                    "golem.node.debug.subnet": subnet, **decoration.properties},
+        constraints=f"(&(golem.runtime.name=vm)(golem.node.debug.subnet={subnet})"
+                    f"{decoration.constraints})",
+    )
+    subscription = await backend.subscribe_demand(demand)
+    events = aiter(subscription)
+    async with asyncio.timeout(60):  # offers take a few seconds to be broadcast on yagna
+        while not isinstance(offer := await anext(events), Proposal) \
+                or offer.state != "Initial":
+            pass
+        await backend.counter_proposal(subscription, offer, demand)
+        while not isinstance(draft := await anext(events), Proposal) or draft.state != "Draft":
+            pass
+    await subscription.aclose()
+    agreement = await backend.make_agreement(draft, utc_now() + timedelta(hours=1))
+    activity = await backend.create_activity(agreement)
+    batch = await backend.exec(activity, [Deploy(), Start()], timeout=60)
+    assert all(r.ok for r in await batch.results())
+    return agreement, activity
+
+
+def backend_script(backend: Any, activity: Any) -> Callable[[], Awaitable[None]]:
+    async def one_script() -> None:
+        batch = await backend.exec(activity, [SCRIPT], timeout=30)
+        results = await batch.results()
+        assert results[-1].ok and results[-1].stdout, results
+    return one_script
+
+
+async def through_devnet(n: int, api_url: str, appkey: str, gsb_url: str
+                         ) -> list[Figures]:
+    """The same activity driven through workgen's yagna backend (exec and results over the
+    daemon's GSB) and through the daemon's REST API (exec, then the long poll of the results),
+    in turn."""
+    from workgen.backends.yagna import Yagna
+
+    yagna = Yagna(api_url=api_url, appkey=appkey, gsb_url=gsb_url, subnet=SUBNET)
     req = RestRequestor(api_url, appkey)
+    await yagna.start()
     try:
-        await req.allocate()
-        subscription, demand = await req.demand(SUBNET)
-        async with asyncio.timeout(60):  # offers take a few seconds to be broadcast
-            agreement = await req.agree(subscription, demand)
-        activity = await req.create_activity(agreement)
-        batch = await req.exec(activity, [Deploy().to_json(), Start().to_json()])
-        results = await req.results(activity, batch, 1)
-        assert [r["result"] for r in results] == ["Ok", "Ok"], results
+        agreement, activity = await one_activity(yagna, SUBNET, Decimal(1))
 
-        async def one_script() -> None:
-            batch = await req.exec(activity, [SCRIPT.to_json()])
-            results = await req.results(activity, batch, 0)
+        async def rest_script() -> None:
+            batch = await req.exec(activity.id, [SCRIPT.to_json()])
+            results = await req.results(activity.id, batch, 0)
             assert results[-1]["result"] == "Ok" and results[-1]["stdout"], results
 
-        figures = await timed("devnet (yagna + agent)", n, one_script)
-        await req.destroy(activity)
-        await req.call("POST", f"/market-api/v1/agreements/{agreement}/terminate",
-                       {"message": "benchmark done"})
+        figures = await timed_together(n, {
+            "devnet, yagna backend": backend_script(yagna, activity),
+            "devnet, daemon's REST API": rest_script,
+        })
+        await yagna.destroy_activity(activity)
+        await yagna.terminate_agreement(agreement, "benchmark done")
         return figures
     finally:
         await req.aclose()
+        await yagna.aclose()
 
 
 async def through_local_network(n: int) -> Figures:
     async with LocalNetwork(providers=1) as net:
-        allocation = await net.create_allocation(Decimal(10))
-        decoration = await net.demand_decoration(allocation)
-        demand = Demand(
-            properties={"golem.srv.comp.expiration": int(time.time() * 1000) + 3_600_000,
-                        "golem.node.debug.subnet": SUBNET, **decoration.properties},
-            constraints=f"(&(golem.runtime.name=vm){decoration.constraints})",
-        )
-        subscription = await net.subscribe_demand(demand)
-        events = aiter(subscription)
-        offer = await anext(events)
-        assert isinstance(offer, Proposal) and offer.state == "Initial", offer
-        await net.counter_proposal(subscription, offer, demand)
-        draft = await anext(events)
-        assert isinstance(draft, Proposal) and draft.state == "Draft", draft
-        await subscription.aclose()
-        agreement = await net.make_agreement(draft, utc_now() + timedelta(hours=1))
-        activity = await net.create_activity(agreement)
-        batch = await net.exec(activity, [Deploy(), Start()], timeout=30)
-        assert all(r.ok for r in await batch.results())
-
-        async def one_script() -> None:
-            batch = await net.exec(activity, [SCRIPT], timeout=30)
-            results = await batch.results()
-            assert results[-1].ok and results[-1].stdout, results
-
-        figures = await timed("local network (in process)", n, one_script)
+        agreement, activity = await one_activity(net, SUBNET, Decimal(10))
+        figures = await timed("local network (in process)", n, backend_script(net, activity))
         await net.destroy_activity(activity)
         await net.terminate_agreement(agreement, "benchmark done")
         return figures
 
 
-def devnet_figures(n: int) -> Figures:
+def devnet_figures(n: int) -> list[Figures]:
     with tempfile.TemporaryDirectory(prefix="devnet-bench-") as tmp:
         devnet = Devnet(Path(tmp) / "devnet")
         try:
@@ -148,8 +178,9 @@ def devnet_figures(n: int) -> Figures:
             state = devnet.up(providers=1)
             devnet.start_providers()
             print(f"devnet up (1 provider, agent started) in {time.perf_counter() - start:.2f} s")
-            return asyncio.run(through_devnet(n, state.requestor.api_url,
-                                              state.requestor.appkey))
+            requestor = state.requestor
+            return asyncio.run(through_devnet(n, requestor.api_url, requestor.appkey,
+                                              requestor.gsb_url))
         finally:
             if devnet.state_path.exists():
                 devnet.down()
@@ -211,25 +242,27 @@ def main() -> None:
     if args.n < 2:
         parser.error("-n must be at least 2 (for a p95)")
 
-    devnet = devnet_figures(args.n)
+    devnet, rest = devnet_figures(args.n)
     local = asyncio.run(through_local_network(args.n))
     print(f"{args.n} sequential scripts `{' '.join((SCRIPT.entry_point, *SCRIPT.args))}`, "
           f"one command each, stdout captured ({WARMUP} unmeasured first)")
     print(f"{'':<28} {'scripts/s':>10} {'median ms':>11} {'p95 ms':>9}")
     print(devnet.row())
+    print(rest.row())
     print(local.row())
     print(f"ratio devnet / local: {devnet.rate / local.rate:.3f} in scripts/s, "
           f"{devnet.median_ms / local.median_ms:.1f}x the median latency")
+    print(f"yagna backend / the daemon's REST API: {devnet.median_ms / rest.median_ms:.2f}x "
+          "the median latency")
 
     on_devnet, local_rate = execute_tasks_figures(args.tasks, 2)
     print(f"{args.tasks} tasks through execute_tasks, 2 providers: devnet {on_devnet:.1f} tasks/s, "
           f"local network {local_rate:.1f} tasks/s, ratio {on_devnet / local_rate:.3f}")
 
     if args.gftp:
-        sys.path.insert(0, str(ROOT / "bench"))
-        from gftp import MIB, run as gftp_run
-
-        asyncio.run(gftp_run(64 * MIB, 1, 1024 * 1024, 8))
+        subprocess.run([sys.executable, str(ROOT / "bench" / "gftp.py"), "--size-mib", "64",
+                        "--rounds", "1", "--sweep-chunks-kib", "1024",
+                        "--sweep-concurrency", "8"], check=True)
     else:
         print("GFTP throughput through two daemons: run .venv/bin/python bench/gftp.py "
               "(or this with --gftp)")

@@ -122,3 +122,30 @@ async def test_the_allocation_is_renewed_during_a_long_job(test_devnet: Devnet) 
     # Made to expire 30 s after it was created; renewed as the 40 s task ran.
     expires = datetime.fromisoformat(doc["timeout"].replace("Z", "+00:00"))
     assert expires > started + timedelta(seconds=45), (started, doc)
+
+
+@pytest.mark.timeout(120)
+async def test_scripts_go_to_the_exe_unit_over_the_gsb_not_through_the_rest_api(
+        test_devnet: Devnet) -> None:
+    """A batch's exec and results go straight to the provider's exe unit over the daemon's GSB:
+    the daemon's REST exec endpoints are never asked (its request log says), while the rest
+    of the run (activities, state) still is."""
+    rec = Recorder()
+
+    async def worker(ctx: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
+        async for task in tasks:
+            script = ctx.new_script()
+            date = script.run("/bin/sh", "-c", "echo $0", str(task.data))
+            yield script
+            task.accept_result((await date).stdout)
+
+    async with DevnetNet(test_devnet).golem(rec, providers=2) as g:
+        done = await collect(g, worker, range(4))
+    assert sorted(t.result for t in done) == ["0\n", "1\n", "2\n", "3\n"]
+    activities = {e.activity_id for e in rec.of(events.ActivityCreated)}
+    assert activities
+    log = test_devnet.state().requestor.log_path.read_text(errors="replace")
+    for activity in activities:
+        assert f"/activity-api/v1/activity/{activity}/exec" not in log
+        # The log is on: the activity's end went through the REST API.
+        assert f"DELETE /activity-api/v1/activity/{activity}" in log

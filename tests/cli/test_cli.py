@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -357,3 +358,23 @@ def test_provider_run_offers_operators_no_test_knobs() -> None:
     result = workgen("provider", "run", "--help")
     assert result.returncode == 0
     assert "overcharge" not in result.stdout and "testing" not in result.stdout
+
+
+def test_workgen_run_on_a_devnet_keeps_the_path_and_puts_the_gftp_server_first(
+        tmp_path: Path, test_devnet: Any) -> None:
+    """``devnet.env`` extends ``PATH`` (``export PATH=<tools>:"$PATH"``): a script run on the
+    devnet still finds the system's programs, and workgen's ``gftp`` first."""
+    script = tmp_path / "script.py"
+    script.write_text("import os, shutil\n"
+                      "print(os.environ['PATH'])\n"
+                      "print(shutil.which('sh'))\n"
+                      "print(shutil.which('gftp'))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YAGNA_", "GSB_"))}
+    done = subprocess.run([*WORKGEN, "run", str(script), "--backend", "yagna", "--devnet-dir",
+                           str(test_devnet.directory)], capture_output=True, text=True,
+                          timeout=60, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    path, sh, gftp = done.stdout.splitlines()
+    assert "$" not in path and path.endswith(":" + os.environ["PATH"]), path
+    assert sh != "None"
+    assert Path(gftp).parent == Path(sys.executable).parent

@@ -30,13 +30,14 @@ def add_parser(commands: Any) -> None:
 
 
 def load_env_file(path: Path) -> dict[str, str]:
-    """``export NAME=value`` lines, as ``devnet.env`` holds them."""
+    """``export NAME=value`` lines, as ``devnet.env`` holds them, with ``$NAME`` expanded as
+    the shell would (its ``PATH`` line extends the ``PATH`` of the environment)."""
     values = {}
     for line in path.read_text().splitlines():
         line = line.strip()
         if line.startswith("export "):
             name, _, value = line[len("export "):].partition("=")
-            values[name.strip()] = " ".join(shlex.split(value))
+            values[name.strip()] = os.path.expandvars(" ".join(shlex.split(value)))
     return values
 
 

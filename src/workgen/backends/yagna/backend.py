@@ -3,7 +3,9 @@
 Configured like the other Golem SDKs: ``YAGNA_APPKEY``, ``YAGNA_API_URL``, ``YAGNA_SUBNET``,
 ``YAGNA_PAYMENT_NETWORK``, ``YAGNA_PAYMENT_DRIVER`` (and ``GSB_URL`` for file transfers), with
 explicit arguments winning. All waiting is the daemon's: long polls with server-side timeouts and
-the SSE stream of a batch's runtime events.
+the SSE stream of a batch's runtime events. A batch's exec and results travel over the daemon's
+GSB straight to the provider's exe unit (``control.py``), the messages the daemon's own REST
+handlers send, without their per-request lookups.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ..base import (
     Proposal, ProposalRejectedEvent,
 )
 from .api import ApiError, YagnaApi
+from .control import ControlError, ExeUnitRoute
 from .results import outcome
 from .storage import GftpStorage
 
@@ -150,9 +153,11 @@ class _ActivityErrors:
 
 class _Batch:
     def __init__(self, api: YagnaApi, errors: _ActivityErrors, activity: Activity,
-                 batch_id: str, size: int, timeout: float | None):
+                 batch_id: str, size: int, timeout: float | None,
+                 route: ExeUnitRoute | None = None):
         self._errors = errors
         self._api = api
+        self._route = route
         self._activity = activity
         self.id = batch_id
         self._size = size
@@ -204,10 +209,15 @@ class _Batch:
             if self._deadline is not None:
                 poll = min(POLL, max(0.0, self._deadline - loop.time()))
             try:
-                docs = await self._api.get(path, params={"commandIndex": self._size - 1,
-                                                         "pollTimeout": poll}, poll=poll)
+                if self._route is not None:
+                    docs = await self._route.results(self.id, self._size - 1, poll)
+                else:
+                    docs = await self._api.get(path, params={"commandIndex": self._size - 1,
+                                                             "pollTimeout": poll}, poll=poll)
             except ApiError as exc:
                 raise self._errors.of(self._activity, exc.status) from exc
+            except ControlError as exc:
+                raise self._errors.of(self._activity, exc.status, exc.detail) from exc
             results = [outcome(CommandResult.from_json(d)) for d in docs or []]
             if (self._deadline is not None and loop.time() >= self._deadline
                     and not (results and (results[-1].is_batch_finished or not results[-1].ok
@@ -305,6 +315,7 @@ class Yagna:
                              or "https://registry.golem.network").rstrip("/")
         self._expires: dict[str, datetime] = {}
         self._errors = _ActivityErrors()
+        self._routes: dict[str, ExeUnitRoute] = {}  # by activity id, while it lives
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -601,17 +612,28 @@ class Yagna:
             raise ActivityLost(f"{agreement.provider_name} could not create an activity: "
                                f"{exc}") from exc
         activity_id = answer if isinstance(answer, str) else answer["activityId"]
+        if self._bus is not None:
+            self._routes[activity_id] = ExeUnitRoute(self._bus, self.node_id,
+                                                     agreement.provider_id, activity_id)
+            if len(self._routes) > _ActivityErrors.KEEP:  # never destroyed: forget the oldest
+                del self._routes[next(iter(self._routes))]
         return Activity(id=activity_id, agreement_id=agreement.id)
 
     async def exec(self, activity: Activity, commands: Sequence[Command],
                    timeout: float | None) -> _Batch:
-        commands = [_with_env(c) for c in commands]
+        script = batch_to_json([_with_env(c) for c in commands])
+        route = self._routes.get(activity.id)
         try:
-            batch_id = await self.api.post(f"/activity-api/v1/activity/{activity.id}/exec",
-                                           json={"text": json.dumps(batch_to_json(commands))})
+            if route is not None:
+                batch_id = await route.exec(script)
+            else:
+                batch_id = await self.api.post(f"/activity-api/v1/activity/{activity.id}/exec",
+                                               json={"text": json.dumps(script)})
         except ApiError as exc:
             raise self._errors.of(activity, exc.status) from exc
-        return _Batch(self.api, self._errors, activity, batch_id, len(commands), timeout)
+        except ControlError as exc:
+            raise self._errors.of(activity, exc.status, exc.detail) from exc
+        return _Batch(self.api, self._errors, activity, batch_id, len(commands), timeout, route)
 
     async def activity_state(self, activity: Activity) -> str:
         try:
@@ -637,5 +659,6 @@ class Yagna:
 
     async def destroy_activity(self, activity: Activity) -> None:
         self._errors.destroyed(activity)
+        self._routes.pop(activity.id, None)
         await self.api.delete(f"/activity-api/v1/activity/{activity.id}", ok=(404, 410),
                               params={"timeout": 10})
