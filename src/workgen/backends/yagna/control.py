@@ -72,18 +72,18 @@ class ExeUnitRoute:
                 return None
             raise
         if not isinstance(answer, list) or not all(isinstance(r, dict) for r in answer):
-            raise ControlError(500, f"the exe unit answered results that are not a list of "
-                                    f"results: {answer!r:.200}")
+            raise ControlError(500, f"its provider's exe unit answered results that are not "
+                                    f"a list of results: {answer!r:.200}")
         return answer
 
     async def _call(self, address: str, message: dict[str, Any], timeout: float) -> Any:
         try:
             return await self._bus.call(address, message, timeout=timeout)
         except GsbRemoteError as exc:
-            raise ControlError(_status(exc.error), f"its exe unit answered {exc.error!r:.300}"
-                               ) from exc
+            raise ControlError(_status(exc.error),
+                               f"its provider's exe unit answered {exc.error!r:.300}") from exc
         except TimeoutError:
-            raise ControlError(408, f"its exe unit did not answer within {timeout:g}s"
+            raise ControlError(408, f"its provider did not answer within {timeout:g}s"
                                ) from None
         except GsbConnectionError as exc:
             raise BackendUnavailable(f"the daemon's GSB at {exc.url} went away: {exc}") from exc
@@ -91,7 +91,8 @@ class ExeUnitRoute:
             # The call did not reach an exe unit: none is there any more (the provider's
             # daemon then answers with an empty reply), or the network failed. The daemon's
             # handler answers 500 for both.
-            raise ControlError(500, f"the call did not reach its exe unit: {exc}") from exc
+            raise ControlError(500, f"the call did not reach its provider's exe unit: {exc}"
+                               ) from exc
 
 
 def _status(error: object) -> int:
