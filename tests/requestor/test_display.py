@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import re
 import logging
+import tracemalloc
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -120,7 +122,9 @@ def test_summary_reports_tasks_providers_failures_and_cost() -> None:
 def test_summary_counts_are_exposed_as_attributes() -> None:
     summary = summarise(a_run())
     assert (summary.tasks_total, summary.tasks_started, summary.tasks_accepted) == (12, 12, 11)
-    assert [f.task_id for f in summary.failed_tasks] == ["7"]
+    assert summary.failed_tasks.count == 1
+    assert [f.task_id for f in summary.failed_tasks.first] == ["7"]
+    assert summary.rejected_results.reasons == {"command exited with return code 1": 3}
     assert summary.accepted_by_provider == {P0: 6, P1: 5}
     assert summary.providers == [P0, P1]
     assert summary.retries == 2 and summary.scripts == 1 and summary.activities == 1
@@ -177,6 +181,56 @@ def test_every_failure_is_listed_up_to_a_cap_then_counted_by_reason() -> None:
     assert lines[0] == "workgen: 25 tasks in 24.0s: 0 accepted, 25 failed"
     assert sum(line.startswith("  failed: task ") for line in lines) == 20
     assert "  ... and 5 more failed: crash x3, boom x2" in lines
+
+
+def test_a_long_run_of_failures_keeps_the_first_few_and_counts_the_rest_in_bounded_memory(
+) -> None:
+    # Every failure with a reason of its own (as an exit code with its output would give): the
+    # summary keeps 20 events and 10 reasons per kind, and counts the rest as "other reasons".
+    summary = RunSummary()
+
+    def fail(i: int) -> None:
+        summary(TaskRejected(timestamp=at(i), job_id=JOB, task_id=str(i), provider_name=P0,
+                             reason=f"wrong output {i}", retry=False))
+        summary(TaskFailed(timestamp=at(i), job_id=JOB, task_id=str(i), data=i,
+                           reason=f"exit code {i}", attempts=1))
+        summary(AgreementRejected(job_id=JOB, provider_id=f"0x{i}", provider_name=f"p{i}",
+                                  reason=f"offer {i} expired"))
+        summary(ActivityFailed(timestamp=at(i), job_id=JOB, activity_id=f"a{i}",
+                               provider_name=P0, reason=f"lost {i}"))
+        summary(InvoiceRejected(timestamp=at(i), agreement_id=f"agr-{i}", provider_name=P0,
+                                amount=Decimal(1), reason=f"overcharged {i}"))
+
+    tracemalloc.start()
+    try:
+        for i in range(1000):
+            fail(i)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1000, 6000):
+            fail(i)
+        gc.collect()
+        growth = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert growth < 20_000, f"the summary grew {growth} bytes over 5000 failures of each kind"
+
+    failed = summary.failed_tasks
+    assert failed.count == 6000 and len(failed.first) == 20
+    assert [f.task_id for f in failed.first] == [str(i) for i in range(20)]
+    assert len(failed.reasons) == 11 and failed.reasons["other reasons"] == 5990
+    assert summary.rejected_results.count == 6000
+    assert summary.agreements_rejected.count == summary.activities_failed.count == 6000
+    lines = summary.render().splitlines()
+    assert lines[0].endswith(": 0 accepted, 6000 failed")
+    assert sum(line.startswith("  failed: task ") for line in lines) == 20
+    assert "  ... and 5980 more failed: other reasons x5980" in lines
+    assert sum(line.startswith("  invoice rejected: ") for line in lines) == 20
+    assert "  ... and 5980 more invoices rejected: other reasons x5980" in lines
+    rejected = next(line for line in lines if line.startswith("  results rejected: 6000 ("))
+    assert "wrong output 9, other reasons x5990" in rejected
+    assert "(6000 rejected: " in summary.render() and "other reasons x5990" in summary.render()
+    assert len(summary.render()) < 12_000
 
 
 def test_failure_line_shortens_data_and_marks_a_cut_reason() -> None:
