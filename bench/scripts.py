@@ -13,8 +13,11 @@ network, on one activity each.
 
 Each script is ``/bin/sh -c date`` with stdout captured; a few unmeasured scripts go first.
 Printed: scripts per second (N over the wall time of all N) and per-script latency (median,
-p95), for both, and the devnet / local ratio. The devnet is brought down at the end whatever
-happens. ``--gftp`` also runs ``bench/gftp.py`` on a small file (one round).
+p95), for both, and the devnet / local ratio. Then N more scripts the yagna backend's way alone,
+with the CPU each process of the devnet spent per script (from ``/proc``): the requestor's
+daemon (the central-net hub), the provider's daemon, its agent, the agent's sandboxes (the
+supervisor and the commands) and this process (the yagna backend). The devnet is brought
+down at the end whatever happens. ``--gftp`` also runs ``bench/gftp.py`` on a small file (one round).
 
     .venv/bin/python bench/scripts.py [-n 200] [--tasks 200] [--gftp]
 """
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import io
 import statistics
+import os
 import subprocess
 import sys
 import tempfile
@@ -131,8 +135,54 @@ def backend_script(backend: Any, activity: Any) -> Callable[[], Awaitable[None]]
     return one_script
 
 
-async def through_devnet(n: int, api_url: str, appkey: str, gsb_url: str
-                         ) -> list[Figures]:
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state is [0], ppid [1])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_by_process(processes: dict[str, int], sandboxes_of: int) -> dict[str, float]:
+    """CPU seconds so far of each named process; and under "sandboxes", of every descendant of
+    ``sandboxes_of`` with the children each reaped (a supervisor reaps its commands)."""
+    cpu: dict[str, float] = {}
+    for name, pid in processes.items():
+        fields = _stat(pid)
+        cpu[name] = (int(fields[11]) + int(fields[12])) / _TICKS
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(_stat(int(entry))[1])
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+    below, total = {sandboxes_of}, 0.0
+    for pid in sorted(parents):  # a child's pid is (nearly always) above its parent's
+        if parents[pid] in below:
+            below.add(pid)
+            try:
+                total += sum(int(x) for x in _stat(pid)[11:15]) / _TICKS
+            except (OSError, IndexError):
+                continue
+    cpu["sandboxes (supervisor, commands)"] = total
+    return cpu
+
+
+async def cpu_per_script(n: int, one_script: Callable[[], Awaitable[None]],
+                         processes: dict[str, int], agent: int) -> dict[str, float]:
+    """Milliseconds of CPU per script of each process, over N scripts one after the other."""
+    processes = {**processes, "this process (yagna backend)": os.getpid()}
+    before = _cpu_by_process(processes, agent)
+    for _ in range(n):
+        await one_script()
+    after = _cpu_by_process(processes, agent)
+    return {name: (after[name] - before[name]) / n * 1000 for name in after}
+
+
+async def through_devnet(n: int, api_url: str, appkey: str, gsb_url: str,
+                         processes: dict[str, int], agent: int
+                         ) -> tuple[list[Figures], dict[str, float]]:
     """The same activity driven through workgen's yagna backend (exec and results over the
     daemon's GSB) and through the daemon's REST API (exec, then the long poll of the results),
     in turn."""
@@ -153,9 +203,10 @@ async def through_devnet(n: int, api_url: str, appkey: str, gsb_url: str
             "devnet, yagna backend": backend_script(yagna, activity),
             "devnet, daemon's REST API": rest_script,
         })
+        cpu = await cpu_per_script(n, backend_script(yagna, activity), processes, agent)
         await yagna.destroy_activity(activity)
         await yagna.terminate_agreement(agreement, "benchmark done")
-        return figures
+        return figures, cpu
     finally:
         await req.aclose()
         await yagna.aclose()
@@ -170,17 +221,19 @@ async def through_local_network(n: int) -> Figures:
         return figures
 
 
-def devnet_figures(n: int) -> list[Figures]:
+def devnet_figures(n: int) -> tuple[list[Figures], dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="devnet-bench-") as tmp:
         devnet = Devnet(Path(tmp) / "devnet")
         try:
             start = time.perf_counter()
             state = devnet.up(providers=1)
-            devnet.start_providers()
+            (agent,) = devnet.start_providers()
             print(f"devnet up (1 provider, agent started) in {time.perf_counter() - start:.2f} s")
-            requestor = state.requestor
+            requestor, (provider,) = state.requestor, state.providers
+            processes = {"requestor's daemon (hub)": requestor.pid,
+                         "provider's daemon": provider.pid, "provider's agent": agent.pid}
             return asyncio.run(through_devnet(n, requestor.api_url, requestor.appkey,
-                                              requestor.gsb_url))
+                                              requestor.gsb_url, processes, agent.pid))
         finally:
             if devnet.state_path.exists():
                 devnet.down()
@@ -242,7 +295,7 @@ def main() -> None:
     if args.n < 2:
         parser.error("-n must be at least 2 (for a p95)")
 
-    devnet, rest = devnet_figures(args.n)
+    (devnet, rest), cpu = devnet_figures(args.n)
     local = asyncio.run(through_local_network(args.n))
     print(f"{args.n} sequential scripts `{' '.join((SCRIPT.entry_point, *SCRIPT.args))}`, "
           f"one command each, stdout captured ({WARMUP} unmeasured first)")
@@ -254,6 +307,9 @@ def main() -> None:
           f"{devnet.median_ms / local.median_ms:.1f}x the median latency")
     print(f"yagna backend / the daemon's REST API: {devnet.median_ms / rest.median_ms:.2f}x "
           "the median latency")
+    print(f"CPU per script, yagna backend, {args.n} more scripts (ms): "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items())
+          + f"; all {sum(cpu.values()):.2f}")
 
     on_devnet, local_rate = execute_tasks_figures(args.tasks, 2)
     print(f"{args.tasks} tasks through execute_tasks, 2 providers: devnet {on_devnet:.1f} tasks/s, "

@@ -12,6 +12,11 @@ Both figures come from one run, measured alternately so that a busy machine affe
 * the wall time of ``python examples/hello.py`` from process start to exit (target < 1 s),
   next to ``python -c pass`` as the floor of any Python program.
 
+With both cores busy, tasks/s is the machine's CPU divided by the CPU a task costs, so each way
+also prints its CPU per task over the same interval: the whole machine's (``/proc/stat``: the
+commands, the sandboxes' supervisors, this process, the kernel) and this process's alone (for
+``execute_tasks``: the requestor and the local providers' execution units).
+
     .venv/bin/python bench/throughput.py [-n 5000] [--providers 2] [--rounds 2]
 """
 
@@ -26,12 +31,39 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from workgen import Golem, LocalNetwork, ProgressDisplay, Task, WorkContext, vm
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = ("/bin/sh", "-c", "date")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Figure:
+    rate: float  # tasks/s
+    machine_ms: float  # CPU per task, the whole machine
+    own_ms: float  # CPU per task, this process
+
+
+class Clock:
+    """Wall time, the machine's busy CPU time and this process's CPU time since it started."""
+
+    def __init__(self) -> None:
+        self._start = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float, float]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / _TICKS  # all but idle and iowait
+        own = os.times()
+        return time.perf_counter(), busy, own.user + own.system
+
+    def figure(self, n: int) -> Figure:
+        wall, busy, own = (b - a for a, b in zip(self._start, self._now(), strict=True))
+        return Figure(n / wall, busy / n * 1000, own / n * 1000)
 
 
 async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
@@ -42,22 +74,22 @@ async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> 
         task.accept_result(result=await future_result)
 
 
-async def through_golem(n: int, providers: int) -> float:
+async def through_golem(n: int, providers: int) -> Figure:
     display = ProgressDisplay(io.StringIO(), live=False)
     async with Golem(budget=100, backend=LocalNetwork(providers=providers),
                      event_consumer=display) as golem:
-        start = time.perf_counter()
+        clock = Clock()
         done = 0
         async for task in golem.execute_tasks(worker, range(n), payload=vm.repo(),
                                               max_workers=providers):
             assert task.result.success
             done += 1
-        elapsed = time.perf_counter() - start
+        figure = clock.figure(n)
     assert done == n
-    return n / elapsed
+    return figure
 
 
-async def through_raw_asyncio(n: int, concurrency: int) -> float:
+async def through_raw_asyncio(n: int, concurrency: int) -> Figure:
     queue = iter(range(n))
 
     async def lane() -> None:
@@ -67,20 +99,20 @@ async def through_raw_asyncio(n: int, concurrency: int) -> float:
             await proc.communicate()
             assert proc.returncode == 0
 
-    start = time.perf_counter()
+    clock = Clock()
     async with asyncio.TaskGroup() as tg:
         for _ in range(concurrency):
             tg.create_task(lane())
-    return n / (time.perf_counter() - start)
+    return clock.figure(n)
 
 
-def through_xargs(n: int, concurrency: int) -> float:
+def through_xargs(n: int, concurrency: int) -> Figure:
     lines = "".join(f"{i}\n" for i in range(n)).encode()
-    start = time.perf_counter()
+    clock = Clock()
     # -I makes xargs run the command once per input line, leaving the line out of it.
     subprocess.run(["xargs", f"-P{concurrency}", "-I{}", *COMMAND], input=lines,
                    capture_output=True, check=True)
-    return n / (time.perf_counter() - start)
+    return clock.figure(n)
 
 
 def wall_time(*args: str) -> float:
@@ -97,11 +129,12 @@ def main() -> None:
     parser.add_argument("--hello-runs", type=int, default=5)
     args = parser.parse_args()
 
-    golem_rates, raw_rates, xargs_rates = [], [], []
+    golem, raw, xargs = [], [], []
     for _ in range(args.rounds):
-        raw_rates.append(asyncio.run(through_raw_asyncio(args.n, args.providers)))
-        golem_rates.append(asyncio.run(through_golem(args.n, args.providers)))
-        xargs_rates.append(through_xargs(args.n, args.providers))
+        raw.append(asyncio.run(through_raw_asyncio(args.n, args.providers)))
+        golem.append(asyncio.run(through_golem(args.n, args.providers)))
+        xargs.append(through_xargs(args.n, args.providers))
+    golem_rates, raw_rates, xargs_rates = ([f.rate for f in way] for way in (golem, raw, xargs))
     best_g, best_r, best_x = max(golem_rates), max(raw_rates), max(xargs_rates)
     print(f"tasks: {args.n} x {args.rounds} rounds, {args.providers} providers = concurrency "
           f"{args.providers}")
@@ -113,6 +146,13 @@ def main() -> None:
           + ", ".join(f"{r:.0f}" for r in xargs_rates) + ")")
     print(f"ratio execute_tasks / raw   : {best_g / best_r:8.2f}  (target >= 1.0)")
     print(f"ratio execute_tasks / xargs : {best_g / best_x:8.2f}  (target >= 0.9)")
+    print("CPU per task, best round, ms : machine / this process")
+    for label, way in (("raw asyncio", raw), ("execute_tasks", golem), ("xargs", xargs)):
+        best = max(way, key=lambda f: f.rate)
+        print(f"  {label:<26}: {best.machine_ms:6.3f} / {best.own_ms:6.3f}")
+    x = max(xargs, key=lambda f: f.rate)
+    print(f"  at 0.9x xargs a task may cost {x.machine_ms / 0.9:.3f} ms of machine CPU: "
+          f"{x.machine_ms / 0.9 - x.machine_ms:.3f} ms beyond what xargs spends")
 
     hello = [wall_time("examples/hello.py") for _ in range(args.hello_runs)]
     floor = [wall_time("-c", "pass") for _ in range(args.hello_runs)]

@@ -16,6 +16,7 @@ invoicing the work done.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -51,6 +52,9 @@ ClosedBy = Literal["requestor", "provider"]
 INVOICE_PAYMENT_DUE = timedelta(minutes=5)
 KEEP_ENDED_AGREEMENTS = 64
 """Ended agreements kept for inspection; older ones are forgotten (a provider runs for days)."""
+KEEP_DEBIT_NOTES = 64
+"""Debit note ids kept per agreement (one per interval over an agreement of days): a requestor
+rejects a note soon after it arrives, or not at all."""
 _ACCEPTED = ("ACCEPTED", "SETTLED")
 _HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 
@@ -184,8 +188,9 @@ class AgentAgreement:
     state: Literal["Approved", "Terminated"] = "Approved"
     reason: str | None = None
     activities: dict[str, AgentActivity] = field(default_factory=dict)
-    debit_notes: list[str] = field(default_factory=list)
-    """The ids of the debit notes sent, in order."""
+    debit_notes: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=KEEP_DEBIT_NOTES))
+    """The ids of the last debit notes sent, oldest first: a rejection names one of these."""
     unaccepted: dict[str, float] = field(default_factory=dict)
     """Debit notes sent and not known accepted, with their acceptance deadlines (monotonic)."""
     idle_since: float | None = field(default_factory=time.monotonic)
@@ -523,6 +528,8 @@ class ProviderAgent:
         finally:
             # The unit is closed here, so this reads the final counters without suspending.
             activity.final_usage = await activity.unit.usage()
+            if activity.closed_by == "requestor":
+                activity.unit.release_results()
             activity._ready.set()
             activity._done.set()
             activity.agreement.touch()

@@ -148,7 +148,7 @@ async def test_rejecting_a_debit_note_makes_the_provider_end_the_agreement() -> 
         assert invoice.agreement_id == agreement.id and invoice.activity_ids == (activity.id,)
         assert state.state == "Terminated" and "too expensive" in (state.reason or "")
         assert await net.activity_state(activity) == "Terminated"
-        assert net.ledger.rejected_debit_notes == [(note, "too expensive")]
+        assert list(net.ledger.rejected_debit_notes) == [(note, "too expensive")]
 
 
 async def test_accepted_debit_notes_and_rejected_invoices_are_recorded() -> None:
@@ -164,8 +164,8 @@ async def test_accepted_debit_notes_and_rejected_invoices_are_recorded() -> None
         await net.reject_invoice(invoice, "disputed")
         with pytest.raises(ValueError, match="rejected"):
             await net.accept_invoice(invoice, allocation)
-    assert net.ledger.accepted_debit_notes == [(note, allocation.id)]
-    assert net.ledger.rejected_invoices == [(invoice, "disputed")]
+    assert list(net.ledger.accepted_debit_notes) == [(note, allocation.id)]
+    assert list(net.ledger.rejected_invoices) == [(invoice, "disputed")]
     assert net.ledger.payments == []
 
 

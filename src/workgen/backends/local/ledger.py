@@ -9,6 +9,7 @@ never be overspent. Amounts are :class:`~decimal.Decimal` throughout.
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from ...errors import BudgetExhausted, PaymentError
 from ...protocol.results import utc_now
 
 log = logging.getLogger(__name__)
+
+KEEP_RECORDS = 1024
+"""Records kept of each kind of accepted or rejected document."""
 
 PLATFORM = "workgen-local-tglm"
 """The payment platform of every local network (``golem.com.payment.chosen-platform``)."""
@@ -62,12 +66,17 @@ class Ledger:
         self._accounts: dict[str, _AllocationAccount] = {}
         self._payments: list[Payment] = []
         self._paid: dict[str, Payment] = {}
-        self.accepted_debit_notes: list[tuple[DebitNote, str]] = []
-        """``(note, allocation id)`` for each accepted debit note, in order."""
-        self.rejected_debit_notes: list[tuple[DebitNote, str]] = []
-        """``(note, reason)`` for each rejected debit note."""
-        self.rejected_invoices: list[tuple[Invoice, str]] = []
-        """``(invoice, reason)`` for each rejected invoice."""
+        # A note comes per activity and interval for as long as an agreement lasts: the records
+        # of documents keep the latest, while payments (one per agreement) are all kept.
+        self.accepted_debit_notes: collections.deque[tuple[DebitNote, str]] = \
+            collections.deque(maxlen=KEEP_RECORDS)
+        """``(note, allocation id)`` for the last accepted debit notes, oldest first."""
+        self.rejected_debit_notes: collections.deque[tuple[DebitNote, str]] = \
+            collections.deque(maxlen=KEEP_RECORDS)
+        """``(note, reason)`` for the last rejected debit notes, oldest first."""
+        self.rejected_invoices: collections.deque[tuple[Invoice, str]] = \
+            collections.deque(maxlen=KEEP_RECORDS)
+        """``(invoice, reason)`` for the last rejected invoices, oldest first."""
 
     # -- allocations ------------------------------------------------------------------------
 

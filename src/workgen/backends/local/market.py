@@ -17,11 +17,15 @@ import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
+from ..._bounded import RecentIds
 from ..base import Demand, MarketEvent, Proposal
 from ...protocol.constraints import Constraint, match, parse_constraints
 from ...protocol.properties import flatten_properties
 
 log = logging.getLogger(__name__)
+
+KEEP_PROPOSALS = 4096
+"""Proposals the market keeps, the newest."""
 
 
 def new_id() -> str:
@@ -107,12 +111,18 @@ class LocalSubscription:
 
 
 class Market:
-    """Offers by provider, open subscriptions, and every proposal handed out."""
+    """Offers by provider, open subscriptions, and the proposals handed out.
+
+    A provider proposes its offer to every open subscription each time it is free again, for
+    as long as the network runs: the last :data:`KEEP_PROPOSALS` proposals are kept (one is
+    answered within seconds), and an older one is refused by name.
+    """
 
     def __init__(self) -> None:
         self._offers: dict[str, Offer] = {}
         self._subscriptions: dict[str, LocalSubscription] = {}
-        self._proposals: dict[str, ProposalRecord] = {}
+        self._proposals: dict[str, ProposalRecord] = {}  # insertion-ordered: oldest first
+        self._forgotten = RecentIds(KEEP_PROPOSALS)
 
     @property
     def offers(self) -> list[Offer]:
@@ -157,10 +167,17 @@ class Market:
         counter_demand: ParsedDemand | None = None,
     ) -> None:
         self._proposals[proposal.id] = ProposalRecord(proposal, sub.id, offer, counter_demand)
+        if len(self._proposals) > KEEP_PROPOSALS:
+            oldest = next(iter(self._proposals))
+            del self._proposals[oldest]
+            self._forgotten.add(oldest)
 
     def lookup(self, proposal: Proposal) -> ProposalRecord:
         """The record of a proposal this market handed out; ``ValueError`` for any other."""
         record = self._proposals.get(proposal.id)
+        if record is None and proposal.id in self._forgotten:
+            raise ValueError(f"proposal {proposal.id} is older than the last {KEEP_PROPOSALS} "
+                             "this local network keeps: answer a newer one")
         if record is None:
             raise ValueError(f"proposal {proposal.id} did not come from this local network")
         return record

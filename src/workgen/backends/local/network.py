@@ -37,7 +37,10 @@ from ..base import (
     Invoice, PaymentEvent, Proposal, ProposalRejectedEvent,
 )
 from ..._aio import logging_failures
-from ...errors import AgreementRejected, BackendError, BackendUnavailable, ImageNotFound
+from ..._bounded import RecentIds
+from ...errors import (
+    ActivityClosed, AgreementRejected, BackendError, BackendUnavailable, ImageNotFound,
+)
 from ...protocol.exescript import Command
 from ...protocol.properties import COM_PAYMENT_CHOSEN_PLATFORM, payment_platform_address
 from ...protocol.results import utc_now
@@ -56,6 +59,10 @@ from .storage import SCHEME, LocalStorage
 
 log = logging.getLogger(__name__)
 
+KEEP_DESTROYED = 256
+"""Destroyed activities whose records are kept; older ones are remembered by id only, so that a
+network serving activity after activity (a service's restarts, a job's days) stays small."""
+KEEP_GONE_IDS = 4096
 CLOSE_TIMEOUT = 15.0
 """How long :meth:`LocalNetwork.aclose` lets agreements end gracefully before cancelling."""
 
@@ -131,8 +138,9 @@ class LocalNetwork:
         self._providers: dict[str, ProviderAgent] = {}
         self._agreements: dict[str, ProviderAgent] = {}
         self._activities: dict[str, ActivityRecord] = {}
+        self._destroyed: dict[str, None] = {}  # the kept records of destroyed activities, oldest first
+        self._gone = RecentIds(KEEP_GONE_IDS)
         self._payments = PaymentChannel(self.ledger)
-        self._rejected_proposals: list[tuple[str, str]] = []
         self._state: Literal["new", "running", "closing", "closed"] = "new"
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
@@ -347,7 +355,6 @@ class LocalNetwork:
         self, subscription: DemandSubscription, proposal: Proposal, reason: str
     ) -> None:
         self._market.lookup(proposal)
-        self._rejected_proposals.append((proposal.id, reason))
         log.debug("proposal %s rejected: %s", proposal.id, reason)
 
     async def make_agreement(self, proposal: Proposal, valid_to: datetime) -> Agreement:
@@ -414,6 +421,8 @@ class LocalNetwork:
     def _record(self, activity: Activity | str) -> ActivityRecord:
         activity_id = activity if isinstance(activity, str) else activity.id
         record = self._activities.get(activity_id)
+        if record is None and activity_id in self._gone:
+            raise ActivityClosed(f"activity {activity_id} was destroyed", activity_id=activity_id)
         if record is None:
             raise ValueError(f"activity {activity_id} was not created on this local network")
         return record
@@ -427,6 +436,8 @@ class LocalNetwork:
         return self._record(activity).exec(commands, timeout)
 
     async def activity_state(self, activity: Activity) -> str:
+        if activity.id in self._gone:
+            return "Terminated"  # as yagna answers for an activity destroyed long ago
         return self._record(activity).unit.state.value
 
     async def activity_usage(self, activity: Activity) -> dict[str, float]:
@@ -434,7 +445,16 @@ class LocalNetwork:
 
     async def destroy_activity(self, activity: Activity) -> None:
         """Close the execution unit: its processes are killed and its files removed."""
-        await self._record(activity).close("requestor", "destroyed by the requestor")
+        if activity.id in self._gone:
+            return
+        record = self._record(activity)
+        await record.close("requestor", "destroyed by the requestor")
+        self._destroyed[record.id] = None
+        while len(self._destroyed) > KEEP_DESTROYED:
+            oldest = next(iter(self._destroyed))
+            del self._destroyed[oldest]
+            self._activities.pop(oldest, None)
+            self._gone.add(oldest)
 
 
 def _check_reachable(root: Path) -> None:

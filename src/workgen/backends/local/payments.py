@@ -4,18 +4,32 @@ Providers send their documents here (:meth:`PaymentChannel.emit`); the requestor
 from one stream (:meth:`PaymentChannel.events`) and accepts or rejects them. Only documents
 that a provider of this network issued are accepted, and an invoice is paid at the amount its
 provider issued (whatever object the caller passes), from the :class:`~.ledger.Ledger`.
+
+A provider sends a debit note per activity every interval for as long as its agreement lasts
+(days, for a service), and each note's amount is cumulative: a later note covers an earlier one.
+So the channel keeps the last :data:`KEEP_DEBIT_NOTES` notes of each of the
+:data:`KEEP_AGREEMENTS` agreements that sent one most recently; an older one is refused by name
+(its id is remembered among the last :data:`KEEP_FORGOTTEN`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncIterator
 
+from ..._bounded import RecentIds
 from ..base import Allocation, DebitNote, Invoice, PaymentEvent
 from .ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+KEEP_DEBIT_NOTES = 64
+"""Debit notes kept per agreement."""
+KEEP_AGREEMENTS = 256
+"""Agreements whose debit notes are kept: those that sent one most recently."""
+KEEP_FORGOTTEN = 1024
 
 
 class PaymentChannel:
@@ -23,7 +37,9 @@ class PaymentChannel:
 
     def __init__(self, ledger: Ledger):
         self.ledger = ledger
-        self._debit_notes: dict[str, DebitNote] = {}
+        self._debit_notes: dict[str, DebitNote] = {}  # the last few of each agreement
+        self._notes_of: dict[str, collections.deque[str]] = {}  # agreement id -> note ids
+        self._forgotten = RecentIds(KEEP_FORGOTTEN)
         self._invoices: dict[str, Invoice] = {}
         self._rejected_invoices: set[str] = set()
         self._note_status: dict[str, str] = {}
@@ -33,9 +49,23 @@ class PaymentChannel:
         """A provider sends a document to the requestor."""
         if isinstance(event, DebitNote):
             self._debit_notes[event.id] = event
+            # The agreements whose notes came last stay; the least recent goes first.
+            ids = self._notes_of.pop(event.agreement_id, None) or collections.deque()
+            self._notes_of[event.agreement_id] = ids
+            ids.append(event.id)
+            if len(ids) > KEEP_DEBIT_NOTES:
+                self._forget(ids.popleft())
+            if len(self._notes_of) > KEEP_AGREEMENTS:
+                for note_id in self._notes_of.pop(next(iter(self._notes_of))):
+                    self._forget(note_id)
         else:
             self._invoices[event.id] = event
         self._queue.put_nowait(event)
+
+    def _forget(self, note_id: str) -> None:
+        self._debit_notes.pop(note_id, None)
+        self._note_status.pop(note_id, None)
+        self._forgotten.add(note_id)
 
     def close(self) -> None:
         """End the stream (after the documents already sent)."""
@@ -47,6 +77,10 @@ class PaymentChannel:
     def debit_note(self, note: DebitNote) -> DebitNote:
         """The debit note as its provider issued it; ``ValueError`` for any other."""
         known = self._debit_notes.get(note.id)
+        if known is None and note.id in self._forgotten:
+            raise ValueError(f"debit note {note.id} is no longer kept (the last {KEEP_DEBIT_NOTES} "
+                             f"notes of each of the {KEEP_AGREEMENTS} agreements that sent one "
+                             f"last are): a later note of its agreement covers it")
         if known is None:
             raise ValueError(f"debit note {note.id} was not issued on this local network")
         return known

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..._bounded import RecentIds
 from ...protocol.exescript import (
     DEFAULT_CAPTURE, Command, Deploy, Run, Sign, Start, Terminate, Transfer, parse_batch,
 )
@@ -132,8 +133,7 @@ class ExeUnit:
         # Finished batches are kept for their results (yagna's GetExecBatchResults may ask
         # again) within bounds, so a long-lived activity does not grow with every batch; the
         # ids of those let go are remembered a while longer, to say so when asked for.
-        # Insertion-ordered, so the oldest goes first; a dict, so a lookup does not scan.
-        self._released: dict[str, None] = {}
+        self._released = RecentIds(RELEASED_IDS)
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
         self._dir: ActivityDir | None = None
@@ -255,9 +255,13 @@ class ExeUnit:
                 continue
             excess -= 1
             del self._batches[b.id]
-            self._released[b.id] = None
-            if len(self._released) > RELEASED_IDS:
-                del self._released[next(iter(self._released))]
+            self._released.add(b.id)
+
+    def release_results(self) -> None:
+        """Let go of every finished batch: the activity was destroyed, so no one asks for their
+        results again (a provider keeps its closed activities' usage for the invoice only)."""
+        self._batches = {i: b for i, b in self._batches.items() if b.finished_at is None}
+        self._released = RecentIds(RELEASED_IDS)
 
     @property
     def kept_batches(self) -> int:
