@@ -60,31 +60,8 @@ def encode_payload_parts(value: Any) -> list[Buffer]:
     A GFTP chunk is a blob of a megabyte or more: it goes to the socket as the very buffer it
     was read into rather than being copied into the payload, then into the frame.
     """
-    _check(value, 0)
     encoder = _Encoder()
-    return encoder.finish(encoder.add(value))
-
-
-def _check(value: Any, depth: int) -> None:
-    if depth > _MAX_NESTING:
-        raise ValueError("payload nested too deeply")
-    if value is None or isinstance(value, (bool, float, str, bytes, bytearray, memoryview)):
-        return
-    if isinstance(value, int):
-        if not -(1 << 63) <= value < 1 << 64:
-            raise ValueError(f"integer {value} does not fit in 64 bits")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"payload map keys must be str, not {type(key).__name__}")
-            if "\0" in key:
-                raise ValueError(f"payload map key {key!r} contains NUL")
-            _check(item, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check(item, depth + 1)
-    else:
-        raise TypeError(f"cannot encode {type(value).__name__} as a GSB payload")
+    return encoder.finish(encoder.add(value, 0))
 
 
 # flexbuffers' type codes (flexbuffers.h), those serde writes and reads.
@@ -168,31 +145,60 @@ class _Encoder:
 
     def _vector(self, elements: list[_Value], *, typed: bool = False,
                 keys: _Value | None = None) -> _Value:
-        pos = self._pos
+        # The hot path of every message: _pos, _elem_width and _write inlined, by hand.
+        buf = self._buf
+        pos = self._flushed + len(buf)
         bit_width, prefix = _width_of_uint(len(elements)), 1
         if keys is not None:
             bit_width, prefix = max(bit_width, self._elem_width(keys, pos, 0)), 3
         for i, element in enumerate(elements):
-            bit_width = max(bit_width, self._elem_width(element, pos, prefix + i))
-        byte_width = self._align(bit_width)
+            kind, where, width = element
+            if not (kind <= _FLOAT or kind == _BOOL):
+                # An offset that fits a byte from where a byte-wide element would sit does:
+                # the rest of this vector's bytes come after.
+                width = 0 if pos + prefix + i - where < 256 else \
+                    self._elem_width(element, pos, prefix + i)
+            if width > bit_width:
+                bit_width = width
+        byte_width = 1 << bit_width
+        buf += bytes(-pos & (byte_width - 1))
         if keys is not None:
             self._write(keys, byte_width)
-            self._buf += (1 << keys[2]).to_bytes(byte_width, "little")
-        self._buf += len(elements).to_bytes(byte_width, "little")
-        loc = self._pos
-        for element in elements:
-            self._write(element, byte_width)
+            buf += (1 << keys[2]).to_bytes(byte_width, "little")
+        buf += len(elements).to_bytes(byte_width, "little")
+        loc = self._flushed + len(buf)
+        at = loc
+        for kind, scalar, _ in elements:
+            if kind == _INT or kind == _UINT or kind == _BOOL or kind == _NULL:
+                buf += int(scalar).to_bytes(byte_width, "little", signed=kind == _INT)
+            elif kind == _FLOAT:
+                buf += struct.pack("<d" if byte_width == 8 else "<f", scalar)
+            else:
+                buf += (at - scalar).to_bytes(byte_width, "little")
+            at += byte_width
         if not typed:
-            for kind, _, width in elements:
-                self._buf.append(kind << 2 | (max(width, bit_width) if _is_inline(kind) else width))
+            buf += bytes([kind << 2 | (max(width, bit_width) if kind <= _FLOAT or kind == _BOOL
+                                       else width) for kind, _, width in elements])
         return (_MAP if keys is not None else _VECTOR_KEY if typed else _VECTOR), loc, bit_width
 
-    def add(self, value: Any) -> _Value:
+    def add(self, value: Any, depth: int) -> _Value:
+        """Writes ``value`` (checking it: see :func:`encode_payload`) and what it contains."""
+        if depth > _MAX_NESTING:
+            raise ValueError("payload nested too deeply")
+        kind = type(value)  # the exact types first: messages are made of little else
+        if kind is str:
+            return self._blob(value.encode("utf-8"), _STRING)
+        if kind is dict:
+            return self._map(value, depth)
+        if kind is list or kind is tuple:
+            return self._vector([self.add(item, depth + 1) for item in value])
         if value is None:
             return _NULL, 0, 0
         if isinstance(value, bool):  # before int: a bool is an int in Python
             return _BOOL, int(value), 0
         if isinstance(value, int):
+            if value < -(1 << 63) or value >= 1 << 64:
+                raise ValueError(f"integer {value} does not fit in 64 bits")
             if value < 1 << 63:
                 return _INT, value, _width_of_int(value)
             return _UINT, value, _width_of_uint(value)  # u64 values above i64::MAX
@@ -203,17 +209,28 @@ class _Encoder:
         if isinstance(value, (bytes, bytearray, memoryview)):
             return self._blob(value, _BLOB)
         if isinstance(value, dict):
-            pairs = []
-            for key, item in value.items():  # keys are written where the builder writes them
-                raw = key.encode("utf-8")
-                loc = self._pos
-                self._buf += raw
-                self._buf.append(0)
-                pairs.append((raw, (_KEY, loc, 0), self.add(item)))
-            pairs.sort(key=lambda pair: pair[0])  # readers look keys up by binary search
-            keys = self._vector([key for _, key, _ in pairs], typed=True)
-            return self._vector([item for _, _, item in pairs], keys=keys)
-        return self._vector([self.add(item) for item in value])
+            return self._map(value, depth)
+        if isinstance(value, (list, tuple)):
+            return self._vector([self.add(item, depth + 1) for item in value])
+        raise TypeError(f"cannot encode {type(value).__name__} as a GSB payload")
+
+    def _map(self, value: dict[Any, Any], depth: int) -> _Value:
+        pairs = []
+        buf = self._buf
+        for key, item in value.items():  # keys are written where the builder writes them
+            if not isinstance(key, str):
+                raise TypeError(f"payload map keys must be str, not {type(key).__name__}")
+            if "\0" in key:
+                raise ValueError(f"payload map key {key!r} contains NUL")
+            raw = key.encode("utf-8")
+            loc = self._flushed + len(buf)
+            buf += raw
+            buf.append(0)
+            pairs.append((raw, (_KEY, loc, 0), self.add(item, depth + 1)))
+            buf = self._buf  # a large blob inside starts a new piece
+        pairs.sort(key=lambda pair: pair[0])  # readers look keys up by binary search
+        keys = self._vector([key for _, key, _ in pairs], typed=True)
+        return self._vector([item for _, _, item in pairs], keys=keys)
 
     def finish(self, root: _Value) -> list[Buffer]:
         byte_width = self._align(self._elem_width(root, self._pos, 0))
