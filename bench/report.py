@@ -84,6 +84,12 @@ def _number(pattern: str, text: str) -> float | None:
 
 
 def _throughput(out: str) -> list[Row]:
+    def cpu(label: str) -> str:
+        found = re.search(rf"^  {label}\s+:\s+([\d.]+) /\s+([\d.]+)$", out, re.MULTILINE)
+        return f"{label} {found.group(1)} ms ({found.group(2)} in its own process)" if found else ""
+
+    ways = [cpu("execute_tasks"), cpu("raw asyncio"), cpu("xargs")]
+    note = "CPU per task: " + ", ".join(w for w in ways) if all(ways) else ""
     return [
         Row("tasks/s, execute_tasks on the local network", _number(
             r"execute_tasks, local network:\s+([\d.]+)", out), _number(
@@ -91,7 +97,8 @@ def _throughput(out: str) -> list[Row]:
             "raw asyncio subprocesses", min_ratio=1.0),
         Row("tasks/s, the same against xargs -P (C spawning)", _number(
             r"execute_tasks, local network:\s+([\d.]+)", out), _number(
-            r"xargs -P\d+\s+:\s+([\d.]+)", out), "tasks/s", "xargs -P", min_ratio=0.9),
+            r"xargs -P\d+\s+:\s+([\d.]+)", out), "tasks/s", "xargs -P", min_ratio=0.9,
+            note=note),
         Row("examples/hello.py wall time", _number(r"hello.py wall time\s+:\s+([\d.]+)", out),
             _number(r"python -c pass wall time\s+:\s+([\d.]+)", out), "s", "python -c pass",
             max_value=1.0, higher_is_better=False),
@@ -136,9 +143,12 @@ def _scripts(out: str) -> list[Row]:
         return float(row.group(2)) if row else None
 
     ours = median("devnet, yagna backend")
+    cpu = re.search(r"^CPU per script, yagna backend, \d+ more scripts \(ms\): (.*)$", out,
+                    re.MULTILINE)
     return [Row("one-command script round trip, devnet (median)", ours,
                 median("local network"), "ms", "the local network",
-                max_value=5.0, higher_is_better=False),
+                max_value=5.0, higher_is_better=False,
+                note=f"CPU per script: {cpu.group(1)}" if cpu else ""),
             Row("the same, vs the daemon's REST API", ours, median("devnet, daemon's REST API"),
                 "ms", "exec + long poll through the daemon's REST API (as other SDKs do)",
                 higher_is_better=False)]
