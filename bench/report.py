@@ -151,6 +151,9 @@ def _scripts(out: str) -> list[Row]:
                 note=f"CPU per script: {cpu.group(1)}" if cpu else ""),
             Row("the same, vs the daemon's REST API", ours, median("devnet, daemon's REST API"),
                 "ms", "exec + long poll through the daemon's REST API (as other SDKs do)",
+                higher_is_better=False),
+            Row("the same, vs the GSB floor", ours, median("devnet, GSB floor"), "ms",
+                "Exec and GetExecBatchResults through the same daemons, answered at once",
                 higher_is_better=False)]
 
 

@@ -10,13 +10,19 @@ network, on one activity each.
     ``GET .../exec/{batch}`` until its command is done.
   Both cross requestor daemon -> provider daemon -> agent and back.
 * local: the same scripts through ``LocalNetwork(providers=1)``'s backend verbs, in process.
+* the GSB floor: the same two messages a script takes, ``Exec`` and ``GetExecBatchResults``
+  (the same payloads, sent the same way and as the same identity), answered at once by a
+  service this process registers on the provider's daemon, with a reply of a real one's size.
+  It is what the two daemons and the GSB clients at both ends cost a script before any exe
+  unit or command runs.
 
 Each script is ``/bin/sh -c date`` with stdout captured; a few unmeasured scripts go first.
 Printed: scripts per second (N over the wall time of all N) and per-script latency (median,
-p95), for both, and the devnet / local ratio. Then N more scripts the yagna backend's way alone,
-with the CPU each process of the devnet spent per script (from ``/proc``): the requestor's
-daemon (the central-net hub), the provider's daemon, its agent, the agent's sandboxes (the
-supervisor and the commands) and this process (the yagna backend). The devnet is brought
+p95), for each way, and the devnet / local ratio. Then N more scripts the GSB floor's way, and N
+the yagna backend's way, each with the CPU each process of the devnet spent per script (from
+``/proc``): the requestor's daemon (the central-net hub), the provider's daemon, its agent, the
+agent's sandboxes (the supervisor and the commands) and this process (the yagna backend; for
+the floor, both ends of its calls). The devnet is brought
 down at the end whatever happens. ``--gftp`` also runs ``bench/gftp.py`` on a small file (one round).
 
     .venv/bin/python bench/scripts.py [-n 200] [--tasks 200] [--gftp]
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import statistics
 import os
@@ -33,7 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from datetime import timedelta
@@ -47,6 +55,7 @@ from support.requestor import RestRequestor  # noqa: E402
 from workgen.backends.base import Demand, Proposal  # noqa: E402
 from workgen.backends.local import LocalNetwork  # noqa: E402
 from workgen.devnet import SUBNET, Devnet  # noqa: E402
+from workgen.gsb import open_gsb  # noqa: E402
 from workgen.protocol.exescript import AtEnd, Capture, Deploy, Run, Start  # noqa: E402
 from workgen.protocol.results import utc_now  # noqa: E402
 
@@ -180,12 +189,45 @@ async def cpu_per_script(n: int, one_script: Callable[[], Awaitable[None]],
     return {name: (after[name] - before[name]) / n * 1000 for name in after}
 
 
+FLOOR_SERVICE = "bench-floor"
+"""Registered as ``/public/bench-floor`` on the provider's daemon, reached as the exe unit is:
+``/from/<requestor>/to/<provider>/bench-floor/Exec``, the results over ``/transfer``."""
+
+
+@contextlib.asynccontextmanager
+async def gsb_floor(requestor_gsb: str, provider_gsb: str, requestor_id: str,
+                    provider_id: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """A script's two GSB calls, each answered at once by a service on the provider's node."""
+    result = {"index": 0, "eventDate": "2026-01-01T00:00:00.000000Z", "result": "Ok",
+              "stdout": "Thu Jan  1 00:00:00 UTC 2026\n", "stderr": None, "message": None,
+              "isBatchFinished": True}
+
+    async def answer(address: str, caller: str, payload: Any) -> Any:
+        return payload["batchId"] if address.rsplit("/", 1)[-1] == "Exec" else [result]
+
+    async with open_gsb(provider_gsb) as served, open_gsb(requestor_gsb) as bus:
+        await served.register(f"/public/{FLOOR_SERVICE}", answer)
+        base = f"from/{requestor_id}/to/{provider_id}/{FLOOR_SERVICE}"
+        script = [SCRIPT.to_json()]
+
+        async def one_script() -> None:
+            batch_id = uuid.uuid4().hex
+            await bus.call(f"/{base}/Exec", {"activityId": "a", "batchId": batch_id,
+                                             "exeScript": script, "timeout": None}, timeout=6)
+            results = await bus.call(f"/transfer/{base}/GetExecBatchResults",
+                                     {"activityId": "a", "batchId": batch_id, "timeout": 30.0,
+                                      "commandIndex": 0}, timeout=31)
+            assert results[-1]["isBatchFinished"], results
+        yield one_script
+
+
 async def through_devnet(n: int, api_url: str, appkey: str, gsb_url: str,
-                         processes: dict[str, int], agent: int
-                         ) -> tuple[list[Figures], dict[str, float]]:
+                         processes: dict[str, int], agent: int, provider_gsb: str,
+                         requestor_id: str, provider_id: str
+                         ) -> tuple[list[Figures], dict[str, float], dict[str, float]]:
     """The same activity driven through workgen's yagna backend (exec and results over the
     daemon's GSB) and through the daemon's REST API (exec, then the long poll of the results),
-    in turn."""
+    in turn with the GSB floor."""
     from workgen.backends.yagna import Yagna
 
     yagna = Yagna(api_url=api_url, appkey=appkey, gsb_url=gsb_url, subnet=SUBNET)
@@ -199,14 +241,17 @@ async def through_devnet(n: int, api_url: str, appkey: str, gsb_url: str,
             results = await req.results(activity.id, batch, 0)
             assert results[-1]["result"] == "Ok" and results[-1]["stdout"], results
 
-        figures = await timed_together(n, {
-            "devnet, yagna backend": backend_script(yagna, activity),
-            "devnet, daemon's REST API": rest_script,
-        })
+        async with gsb_floor(gsb_url, provider_gsb, requestor_id, provider_id) as floor:
+            figures = await timed_together(n, {
+                "devnet, yagna backend": backend_script(yagna, activity),
+                "devnet, daemon's REST API": rest_script,
+                "devnet, GSB floor": floor,
+            })
+            floor_cpu = await cpu_per_script(n, floor, processes, agent)
         cpu = await cpu_per_script(n, backend_script(yagna, activity), processes, agent)
         await yagna.destroy_activity(activity)
         await yagna.terminate_agreement(agreement, "benchmark done")
-        return figures, cpu
+        return figures, cpu, floor_cpu
     finally:
         await req.aclose()
         await yagna.aclose()
@@ -221,7 +266,7 @@ async def through_local_network(n: int) -> Figures:
         return figures
 
 
-def devnet_figures(n: int) -> tuple[list[Figures], dict[str, float]]:
+def devnet_figures(n: int) -> tuple[list[Figures], dict[str, float], dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="devnet-bench-") as tmp:
         devnet = Devnet(Path(tmp) / "devnet")
         try:
@@ -232,8 +277,11 @@ def devnet_figures(n: int) -> tuple[list[Figures], dict[str, float]]:
             requestor, (provider,) = state.requestor, state.providers
             processes = {"requestor's daemon (hub)": requestor.pid,
                          "provider's daemon": provider.pid, "provider's agent": agent.pid}
+            assert requestor.node_id and provider.node_id, "the daemons did not say who they are"
             return asyncio.run(through_devnet(n, requestor.api_url, requestor.appkey,
-                                              requestor.gsb_url, processes, agent.pid))
+                                              requestor.gsb_url, processes, agent.pid,
+                                              provider.gsb_url, requestor.node_id,
+                                              provider.node_id))
         finally:
             if devnet.state_path.exists():
                 devnet.down()
@@ -295,21 +343,29 @@ def main() -> None:
     if args.n < 2:
         parser.error("-n must be at least 2 (for a p95)")
 
-    (devnet, rest), cpu = devnet_figures(args.n)
+    (devnet, rest, floor), cpu, floor_cpu = devnet_figures(args.n)
     local = asyncio.run(through_local_network(args.n))
     print(f"{args.n} sequential scripts `{' '.join((SCRIPT.entry_point, *SCRIPT.args))}`, "
           f"one command each, stdout captured ({WARMUP} unmeasured first)")
     print(f"{'':<28} {'scripts/s':>10} {'median ms':>11} {'p95 ms':>9}")
     print(devnet.row())
     print(rest.row())
+    print(floor.row())
     print(local.row())
     print(f"ratio devnet / local: {devnet.rate / local.rate:.3f} in scripts/s, "
           f"{devnet.median_ms / local.median_ms:.1f}x the median latency")
     print(f"yagna backend / the daemon's REST API: {devnet.median_ms / rest.median_ms:.2f}x "
           "the median latency")
+    print(f"GSB floor + local network script (medians): "
+          f"{floor.median_ms + local.median_ms:.2f} ms; the yagna backend "
+          f"{devnet.median_ms:.2f} ms (its results call travels while the command runs); "
+          f"the daemons' two calls alone: {floor.median_ms:.2f} ms")
     print(f"CPU per script, yagna backend, {args.n} more scripts (ms): "
           + ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items())
           + f"; all {sum(cpu.values()):.2f}")
+    print(f"CPU per script, GSB floor, {args.n} more scripts (ms): "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in floor_cpu.items())
+          + f"; all {sum(floor_cpu.values()):.2f} (this process serves the floor's calls too)")
 
     on_devnet, local_rate = execute_tasks_figures(args.tasks, 2)
     print(f"{args.tasks} tasks through execute_tasks, 2 providers: devnet {on_devnet:.1f} tasks/s, "

@@ -9,6 +9,9 @@ Both figures come from one run, measured alternately so that a busy machine affe
   ``asyncio.create_subprocess_exec`` (output piped) P at a time (target: ratio >= 1.0), and
   with ``xargs -P P`` (C spawning N processes, output into one pipe: the machine's spawn limit;
   target: ratio >= 0.9).
+* tasks/s of the same commands spawned straight through the activity sandboxes' supervisors
+  (P sandboxes, no exe unit, no requestor): the floor of the design, to tell what the sandbox
+  costs from what the engine above it costs.
 * the wall time of ``python examples/hello.py`` from process start to exit (target < 1 s),
   next to ``python -c pass`` as the floor of any Python program.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import statistics
@@ -35,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from workgen import Golem, LocalNetwork, ProgressDisplay, Task, WorkContext, vm
+from workgen.provider.runtime.channel import SupervisorChannel
+from workgen.provider.runtime.sandbox import DEFAULT_PATH, SandboxSpec, open_sandbox, sandbox_user
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = ("/bin/sh", "-c", "date")
@@ -89,6 +95,31 @@ async def through_golem(n: int, providers: int) -> Figure:
     return figure
 
 
+async def through_sandboxes(n: int, concurrency: int) -> Figure:
+    """The same commands spawned straight through the supervisors of ``concurrency`` activity
+    sandboxes, as the exe unit spawns them, with no exe unit or requestor above: the floor of
+    workgen's design on this machine (the sandbox, its supervisor and the host's channel)."""
+    queue = iter(range(n))
+
+    async def on_output(stream: int, data: bytes) -> None:
+        pass
+
+    async def lane(channel: SupervisorChannel) -> None:
+        for _ in queue:
+            exit_ = await channel.spawn(COMMAND, {"PATH": DEFAULT_PATH}, "/", on_output).exited
+            assert exit_.return_code == 0
+
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [await stack.enter_async_context(open_sandbox(
+            SandboxSpec(volumes={}, name=f"bench-{i}"), user=sandbox_user()))
+            for i in range(concurrency)]
+        clock = Clock()
+        async with asyncio.TaskGroup() as tg:
+            for channel in channels:
+                tg.create_task(lane(channel))
+        return clock.figure(n)
+
+
 async def through_raw_asyncio(n: int, concurrency: int) -> Figure:
     queue = iter(range(n))
 
@@ -129,11 +160,12 @@ def main() -> None:
     parser.add_argument("--hello-runs", type=int, default=5)
     args = parser.parse_args()
 
-    golem, raw, xargs = [], [], []
+    golem, raw, xargs, sandboxes = [], [], [], []
     for _ in range(args.rounds):
         raw.append(asyncio.run(through_raw_asyncio(args.n, args.providers)))
         golem.append(asyncio.run(through_golem(args.n, args.providers)))
         xargs.append(through_xargs(args.n, args.providers))
+        sandboxes.append(asyncio.run(through_sandboxes(args.n, args.providers)))
     golem_rates, raw_rates, xargs_rates = ([f.rate for f in way] for way in (golem, raw, xargs))
     best_g, best_r, best_x = max(golem_rates), max(raw_rates), max(xargs_rates)
     print(f"tasks: {args.n} x {args.rounds} rounds, {args.providers} providers = concurrency "
@@ -144,10 +176,14 @@ def main() -> None:
           + ", ".join(f"{r:.0f}" for r in golem_rates) + ")")
     print(f"xargs -P{args.providers}                    : {best_x:8.1f} tasks/s  (rounds: "
           + ", ".join(f"{r:.0f}" for r in xargs_rates) + ")")
+    best_s = max(f.rate for f in sandboxes)
+    print(f"sandboxes alone (no exe unit, no requestor): {best_s:8.1f} tasks/s  (rounds: "
+          + ", ".join(f"{f.rate:.0f}" for f in sandboxes) + f"), {best_s / best_x:.2f}x xargs")
     print(f"ratio execute_tasks / raw   : {best_g / best_r:8.2f}  (target >= 1.0)")
     print(f"ratio execute_tasks / xargs : {best_g / best_x:8.2f}  (target >= 0.9)")
     print("CPU per task, best round, ms : machine / this process")
-    for label, way in (("raw asyncio", raw), ("execute_tasks", golem), ("xargs", xargs)):
+    for label, way in (("raw asyncio", raw), ("execute_tasks", golem), ("xargs", xargs),
+                       ("sandboxes alone", sandboxes)):
         best = max(way, key=lambda f: f.rate)
         print(f"  {label:<26}: {best.machine_ms:6.3f} / {best.own_ms:6.3f}")
     x = max(xargs, key=lambda f: f.rate)

@@ -347,13 +347,16 @@ class Job:
                      state: dict[str, Any]) -> AsyncGenerator[Task[Any, Any], None]:
         """The ``tasks`` iterator a worker reads: one task at a time from the job's queue."""
         task: Task[Any, Any] | None = first
+        reserved = None  # the reservation the deadline was last set for
         while task is not None:
             longest = state["longest"]
             if not reservation.ensure(FIRST_TASK_GUESS_SEC if longest is None else longest):
                 await self.queue.put_back(task)
                 state["budget_stop"] = True
                 return
-            deadline.reschedule(loop_time(reservation.deadline()))
+            if reservation.reserved != reserved:  # the deadline follows the reservation only
+                reserved = reservation.reserved
+                deadline.reschedule(loop_time(reservation.deadline()))
             task._start(ctx.provider_name)
             held.append(task)
             self._emit(events.TaskStarted(job_id=self.id, task_id=task.id, activity_id=ctx.id,

@@ -28,6 +28,8 @@ from .script import Result, Script, Step
 
 # How much longer than a script's own timeout we wait for the backend to report it.
 _TIMEOUT_GRACE = 10.0
+# A script without a timeout: asyncio.timeout(None) would still cost a timer's bookkeeping.
+_NO_LIMIT: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 class ScriptRunner:
@@ -86,7 +88,7 @@ class ScriptRunner:
             and (isinstance(c.capture.stdout, Stream) or isinstance(c.capture.stderr, Stream))
             for c in commands)
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(limit) if limit is not None else _NO_LIMIT:
                 async for event in (batch.events() if follow else _nothing()):
                     kind = event.kind
                     if isinstance(kind, Started):

@@ -11,7 +11,6 @@ cut short because we destroyed the activity raises :class:`~workgen.errors.Activ
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -135,8 +134,11 @@ class LocalBatch:
         return self._task is None or self._task.done()
 
     def _on_done(self, _: object) -> None:
+        self._ending = self._ending or self._ending_now()
+
+    def _ending_now(self) -> _Ending:
         record = self._record
-        self._ending = _Ending(record.lost_reason(), record.closed_by, record.close_reason)
+        return _Ending(record.lost_reason(), record.closed_by, record.close_reason)
 
     async def detach(self) -> None:
         await self._sub.aclose()
@@ -154,15 +156,15 @@ class LocalBatch:
         if self._claimed is None:
             self._claimed = "results"
             await self._sub.aclose()
-        assert self._task is not None
-        # asyncio.wait, unlike awaiting the task, does not cancel the batch if we are cancelled.
-        await asyncio.wait([self._task])
+        # A future of our own: cancelling us does not cancel the batch.
+        await self._batch.ended()
         # The execution unit records each result with its code and failure kind.
         results = [r if isinstance(r, CommandOutcome) else CommandOutcome.of(r, None, None)
                    for r in self._batch.results]
         if results and results[-1].ok and results[-1].is_batch_finished:
             return results
-        ending = self._ending or _Ending(None, None, None)
+        # The batch has just ended: its task's done callback may not have run yet.
+        ending = self._ending or self._ending_now()
         activity_id = self._record.id
         if ending.lost is not None:
             raise ActivityLost(f"activity {activity_id}: {ending.lost}", activity_id=activity_id)

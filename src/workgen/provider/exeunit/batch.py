@@ -84,6 +84,28 @@ class Batch:
         self._subscriptions: set[EventSubscription] = set()
         self._history: list[RuntimeEvent] = []
         self._history_bytes = 0
+        self._ended = False
+        self._end_waiters: list[asyncio.Future[None]] = []
+
+    def ended(self) -> asyncio.Future[None]:
+        """Done once the batch's task has run to its end (whatever the results say), as a
+        future of the caller's own: cancelling it leaves the batch running. Told from inside
+        the task as it ends, one turn of the event loop sooner than its done callbacks."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._ended:
+            waiter.set_result(None)
+        else:
+            self._end_waiters.append(waiter)
+        return waiter
+
+    def mark_ended(self) -> None:
+        """Called by the execution unit as the batch's task ends (and again once it is done,
+        for a task cancelled before it ran); idempotent."""
+        self._ended = True
+        for waiter in self._end_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._end_waiters.clear()
 
     async def publish(self, event: RuntimeEvent) -> None:
         if isinstance(event.kind, (StdOut, StdErr)):

@@ -153,7 +153,14 @@ class Collector:
         return isinstance(self.mode, Stream)
 
     async def feed(self, data: bytes | bytearray) -> None:
-        """Takes the next piece of the stream.
+        """Takes the next piece of the stream (see :meth:`take`), and emits it if streamed."""
+        emitted = self.take(data)
+        if emitted is not None:
+            await emitted
+
+    def take(self, data: bytes | bytearray) -> Awaitable[None] | None:
+        """Takes the next piece of the stream; for a streamed capture, returns the emission of
+        the piece, to be awaited before the next one (else ``None``: nothing to wait for).
 
         Raises :class:`CaptureLimitExceeded` when this piece takes a whole ``atEnd`` capture
         over its cap (once: later pieces are taken, and cut, silently); the piece is kept all
@@ -170,7 +177,7 @@ class Collector:
             if chunk:
                 self._streamed += len(chunk)
                 self._keep(chunk)
-                await self._emit(self._text.decode(chunk) if self._text else chunk)
+                return self._emit(self._text.decode(chunk) if self._text else chunk)
         elif isinstance(mode, AtEnd):
             self._keep(data)
             if mode.part is None and not self.overflowed and self.total > self._max_at_end:
@@ -179,6 +186,7 @@ class Collector:
                     f"{self.name} exceeded the {self._max_at_end} byte limit of a whole "
                     "capture; capture it as a stream, or with head/tail limits"
                 )
+        return None
 
     def _keep(self, data: bytes | bytearray) -> None:
         head_room, tail_room = self._rooms

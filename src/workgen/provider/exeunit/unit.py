@@ -15,6 +15,7 @@ A command given in the wrong state fails with a clear message and leaves the act
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
@@ -22,7 +23,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -74,6 +75,8 @@ KEEP_FINISHED_SEC = 600.0
 """How long it keeps a finished batch at most."""
 RELEASED_IDS = 1024
 """Ids of released batches remembered, to tell "no longer kept" from "never existed"."""
+_NO_TIMEOUT: contextlib.nullcontext[None] = contextlib.nullcontext()
+"""For a batch without a timeout: an ``asyncio.timeout(None)`` costs a timer's bookkeeping."""
 
 
 class UnknownBatch(ExeUnitError):
@@ -134,6 +137,7 @@ class ExeUnit:
         # again) within bounds, so a long-lived activity does not grow with every batch; the
         # ids of those let go are remembered a while longer, to say so when asked for.
         self._released = RecentIds(RELEASED_IDS)
+        self._finished: collections.deque[Batch] = collections.deque()  # in finishing order
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None
         self._dir: ActivityDir | None = None
@@ -241,26 +245,28 @@ class ExeUnit:
         b = Batch(batch_id, commands)
         self._batches[batch_id] = b
         b.task = self._tg.create_task(self._run_batch(b, timeout))
+        b.task.add_done_callback(lambda _: b.mark_ended())  # also if it never ran
         return batch_id
 
     def _release_finished(self) -> None:
         """Let go of finished batches beyond :data:`KEEP_FINISHED`, or older than
-        :data:`KEEP_FINISHED_SEC`, oldest first."""
+        :data:`KEEP_FINISHED_SEC`, oldest first (called per exec: it looks at the oldest
+        only)."""
+        finished = self._finished
+        if not finished:
+            return
         now = time.monotonic()
-        finished = [b for b in self._batches.values() if b.finished_at is not None]
-        excess = len(finished) - KEEP_FINISHED
-        for b in finished:  # in the order they were started
-            assert b.finished_at is not None
-            if excess <= 0 and now - b.finished_at < KEEP_FINISHED_SEC:
-                continue
-            excess -= 1
-            del self._batches[b.id]
-            self._released.add(b.id)
+        while finished and (len(finished) > KEEP_FINISHED
+                            or now - (finished[0].finished_at or now) >= KEEP_FINISHED_SEC):
+            b = finished.popleft()
+            if self._batches.pop(b.id, None) is not None:
+                self._released.add(b.id)
 
     def release_results(self) -> None:
         """Let go of every finished batch: the activity was destroyed, so no one asks for their
         results again (a provider keeps its closed activities' usage for the invoice only)."""
         self._batches = {i: b for i, b in self._batches.items() if b.finished_at is None}
+        self._finished.clear()
         self._released = RecentIds(RELEASED_IDS)
 
     @property
@@ -347,9 +353,15 @@ class ExeUnit:
     # -- running batches --------------------------------------------------------------------
 
     async def _run_batch(self, b: Batch, timeout: float | None) -> None:
+        try:
+            await self._run_commands(b, timeout)
+        finally:
+            b.mark_ended()
+
+    async def _run_commands(self, b: Batch, timeout: float | None) -> None:
         index = 0
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) if timeout is not None else _NO_TIMEOUT:
                 for index, cmd in enumerate(b.commands):
                     b.current = index
                     await b.publish(_event(b, index, Started(cmd.to_json())))
@@ -400,6 +412,8 @@ class ExeUnit:
             return_code=outcome.return_code if outcome.return_code >= 0 else None,
             failure=None if ok else outcome.failure or FailureKind.COMMAND_FAILED,
         ))
+        if b.finished.is_set():
+            self._finished.append(b)
 
     async def _execute(self, b: Batch, index: int, cmd: Command) -> _Outcome:
         if isinstance(cmd, Deploy):
@@ -542,14 +556,26 @@ class ExeUnit:
         overflow: list[str] = []
         cid = 0
 
-        async def on_output(stream: int, data: bytes) -> None:
-            if overflow:
-                return
+        def stop(exc: Exception) -> None:  # a capture limit: stop the command, report why
+            overflow.append(str(exc))
+            channel.kill(cid)
+
+        async def emitted(emission: Awaitable[None]) -> None:
             try:
-                await (out if stream == 1 else err).feed(data)
-            except Exception as exc:  # a capture limit: stop the command, report why
-                overflow.append(str(exc))
-                channel.kill(cid)
+                await emission
+            except Exception as exc:
+                stop(exc)
+
+        def on_output(stream: int, data: bytes) -> Awaitable[None] | None:
+            # Synchronous unless the output is streamed: the channel then reads on at once.
+            if overflow:
+                return None
+            try:
+                emission = (out if stream == 1 else err).take(data)
+            except Exception as exc:
+                stop(exc)
+                return None
+            return None if emission is None else emitted(emission)
 
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "LANG": "C.UTF-8", **self._env,
                **(cmd.env or {})}
@@ -561,9 +587,9 @@ class ExeUnit:
             raise _Failed(f"run: the activity's sandbox is gone ({exc})") from exc
         cid = handle.id
         try:
-            # Shielded: cancelling us must not cancel the exit future, which the kill below
-            # still waits for.
-            exit_ = await asyncio.shield(handle.exited)
+            # A future of our own: cancelling us must not cancel the exit future, which the
+            # kill below still waits for.
+            exit_ = await handle.wait()
         except SpawnFailed as exc:
             raise _Failed(f"run: {exc}", return_code=127) from exc
         except SandboxLost as exc:

@@ -2,8 +2,14 @@
 
 A :class:`SupervisorChannel` starts the supervisor process (inside bubblewrap, or directly for
 the unsandboxed runtime), spawns commands through it, routes their output to per-command
-callbacks and reports their exit. It is opened with :func:`open_channel`, which owns the reader
-task: nothing outlives the ``async with`` block.
+callbacks and reports their exit. It is opened with :func:`open_channel`, which owns the pipe
+the supervisor writes to and any task it needs: nothing outlives the ``async with`` block.
+
+The supervisor's frames are read by a protocol on that pipe, not by a task over asyncio's
+subprocess streams: those hand data on through two more turns of the event loop (the
+transport's ``call_soon``, then the reader task's wake-up), a cost paid by every command. A
+frame is dispatched as soon as it is read; an output callback that must wait (back-pressure)
+pauses the reading, and the frames behind it wait their turn.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -37,8 +44,9 @@ ANSWER_TIMEOUT = 30.0
 # the supervisor's own requests stay unread until it runs.
 _GATE = ["/bin/sh", "-c", 'read -r _ && exec "$@"', "workgen-gate"]
 
-OutputCallback = Callable[[int, bytes], Awaitable[None]]
-"""Called with ``1`` (stdout) or ``2`` (stderr) and a chunk; awaiting it applies back-pressure."""
+OutputCallback = Callable[[int, bytes], Awaitable[None] | None]
+"""Called with ``1`` (stdout) or ``2`` (stderr) and a chunk; an awaitable it returns applies
+back-pressure (no more frames are read until it is done)."""
 
 
 class SandboxError(RuntimeError):
@@ -66,17 +74,44 @@ class CommandHandle:
     exited: asyncio.Future[Exit]
     """The command's exit; raises :class:`SpawnFailed` if it never started, and
     :class:`SandboxLost` if the sandbox went away first."""
+    _waiters: list[asyncio.Future[Exit]] = field(default_factory=list, repr=False)
+
+    def wait(self) -> asyncio.Future[Exit]:
+        """The exit, as a future of its own: cancelling it (cancelling its awaiter) leaves
+        :attr:`exited` pending, so the command can still be killed and waited for. Cheaper
+        than ``asyncio.shield(exited)``, which passes the exit on through two more turns of
+        the event loop."""
+        if self.exited.done():
+            return self.exited
+        waiter: asyncio.Future[Exit] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
 
 @dataclass
 class _Pending:
     on_output: OutputCallback
     exited: asyncio.Future[Exit] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    waiters: list[asyncio.Future[Exit]] = field(default_factory=list)
+
+    def settle(self, exit_: Exit | None, error: BaseException | None = None) -> None:
+        """Resolve the exit and every waiter (those cancelled meanwhile are left alone)."""
+        for future in (self.exited, *self.waiters):
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(exit_)  # type: ignore[arg-type]
+            else:
+                future.set_exception(error)
+                future.exception()  # retrieved here so an unawaited one doesn't warn
+        self.waiters.clear()
 
 
 class SupervisorChannel:
-    def __init__(self, process: asyncio.subprocess.Process):
+    def __init__(self, process: asyncio.subprocess.Process,
+                 spawn_task: Callable[[Coroutine[Any, Any, None]], object]):
         self._process = process
+        self._spawn_task = spawn_task
         self._commands: dict[int, _Pending] = {}
         self._usage: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 1
@@ -120,7 +155,7 @@ class SupervisorChannel:
         self._commands[cid] = pending
         self._send({"op": "spawn", "id": cid, "argv": list(argv), "env": dict(env), "cwd": cwd,
                     "stream": stream})
-        return CommandHandle(cid, pending.exited)
+        return CommandHandle(cid, pending.exited, pending.waiters)
 
     def kill(self, cid: int, sig: int = signal.SIGKILL) -> None:
         """Signal the process group of a running command (no-op once it has exited)."""
@@ -166,44 +201,23 @@ class SupervisorChannel:
             self._process.kill()
         self._mark_lost()
 
-    async def _read_frames(self) -> None:
-        reader = self._process.stdout
-        assert reader is not None
-        # Whatever has arrived is taken at once and split here: a command's spawn, output and
-        # exit usually come together, and one wake-up then serves them all.
-        buffer = bytearray()
-        header_size = _HEADER.size
-        try:
-            while chunk := await reader.read(1 << 16):
-                buffer += chunk
-                pos = 0
-                while len(buffer) - pos >= header_size:
-                    kind, cid, length = _HEADER.unpack_from(buffer, pos)
-                    end = pos + header_size + length
-                    if len(buffer) < end:
-                        break
-                    payload = bytes(buffer[pos + header_size:end])
-                    pos = end
-                    await self._dispatch(kind, cid, payload)
-                del buffer[:pos]
-        finally:
-            self._mark_lost()
-
-    async def _dispatch(self, kind: int, cid: int, payload: bytes) -> None:
+    def _dispatch(self, kind: int, cid: int, payload: bytes) -> Awaitable[None] | None:
+        """Act on one frame; an awaitable returned must be awaited before the next frame."""
         if kind in (STDOUT, STDERR):
             pending = self._commands.get(cid)
             if pending is not None:
-                await pending.on_output(1 if kind == STDOUT else 2, payload)
+                return pending.on_output(1 if kind == STDOUT else 2, payload)
         elif kind == FAILED:
             pending = self._commands.pop(cid, None)
-            if pending is not None and not pending.exited.done():
-                pending.exited.set_exception(SpawnFailed(payload.decode(errors="replace")))
+            if pending is not None:
+                pending.settle(None, SpawnFailed(payload.decode(errors="replace")))
         elif kind == EXIT:
+            info = json.loads(payload)  # read first: a frame that fails leaves the command known
+            note = info.get("note")
+            exit_ = Exit(int(info["code"]), None if note is None else str(note))
             pending = self._commands.pop(cid, None)
             if pending is not None:
-                info = json.loads(payload)
-                if not pending.exited.done():
-                    pending.exited.set_result(Exit(int(info["code"]), info.get("note")))
+                pending.settle(exit_)
         elif kind == USAGE:
             fut = self._usage.get(cid)
             if fut is not None and not fut.done():
@@ -217,15 +231,14 @@ class SupervisorChannel:
                 self.ready.set_result(None)
         else:
             log.warning("unknown supervisor frame type %d", kind)
+        return None
 
     def _mark_lost(self) -> None:
         if self.lost is None:
             reason = "sandbox closed" if self._closing else "sandbox supervisor exited unexpectedly"
             self.lost = SandboxLost(reason)
         for pending in self._commands.values():
-            if not pending.exited.done():
-                pending.exited.set_exception(self.lost)
-                pending.exited.exception()  # retrieved here so an unawaited one doesn't warn
+            pending.settle(None, self.lost)
         self._commands.clear()
         for usage in self._usage.values():
             if not usage.done():
@@ -256,6 +269,82 @@ class SupervisorChannel:
             log.warning("sandbox %d: bubblewrap outlived SIGKILL by %gs", self.pid, CLOSE_TIMEOUT)
 
 
+class _FrameReader(asyncio.Protocol):
+    """Reads the supervisor's frames off its stdout pipe and dispatches each as it comes.
+
+    Whatever has arrived is split at once: a command's output and exit usually come together,
+    and one wake-up then serves them all. An output callback that returns an awaitable stops
+    the reading (the supervisor then blocks on a full pipe: back-pressure) until it is done.
+    """
+
+    def __init__(self, channel: SupervisorChannel):
+        self._channel = channel
+        self._buffer = bytearray()
+        self._transport: asyncio.ReadTransport | None = None
+        self._waiting = False  # on an output callback; frames wait behind it
+        self._closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self._waiting:
+            self._split()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if not self._waiting:
+            self._channel._mark_lost()
+
+    def _split(self) -> None:
+        buffer, pos, header_size = self._buffer, 0, _HEADER.size
+        try:
+            while len(buffer) - pos >= header_size:
+                kind, cid, length = _HEADER.unpack_from(buffer, pos)
+                end = pos + header_size + length
+                if len(buffer) < end:
+                    break
+                payload = bytes(buffer[pos + header_size:end])
+                pos = end
+                try:
+                    awaitable = self._channel._dispatch(kind, cid, payload)
+                except Exception as exc:
+                    # Frames come from inside the sandbox: one we cannot read ends it, rather
+                    # than leave a command waiting for an exit that will not be told.
+                    self._channel.destroy(f"its supervisor sent a frame that cannot be read "
+                                          f"(type {kind}): {type(exc).__name__}: {exc}")
+                    pos = len(buffer)
+                    return
+                if awaitable is not None:
+                    self._waiting = True
+                    if self._transport is not None and not self._closed:
+                        self._transport.pause_reading()
+                    after = self._after(awaitable)
+                    try:
+                        self._channel._spawn_task(after)
+                    except RuntimeError:  # the channel is being closed: nothing waits any more
+                        after.close()
+                        self._channel._mark_lost()
+                    return
+        finally:
+            del buffer[:pos]
+
+    async def _after(self, awaitable: Awaitable[None]) -> None:
+        try:
+            await awaitable
+        finally:
+            self._waiting = False
+        self._split()
+        if self._waiting:
+            return
+        if self._closed:
+            self._channel._mark_lost()
+        elif self._transport is not None:
+            self._transport.resume_reading()
+
+
 @contextlib.asynccontextmanager
 async def open_channel(
     argv: Sequence[str],
@@ -277,58 +366,75 @@ async def open_channel(
     full = [*argv, "-I", "-S", "-c", SOURCE, json.dumps(dict(limits)), SOURCE_MARKER]
     if before_start is not None:
         full[:0] = _GATE
+    frames_r, frames_w = os.pipe2(os.O_CLOEXEC)
     try:
-        process = await asyncio.create_subprocess_exec(
-            *full,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=dict(env) if env is not None else {"PATH": "/usr/bin:/bin"},
-            cwd=cwd,
-            user=user,
-            group=group,
-            extra_groups=[] if group is not None else None,
-            start_new_session=True,
-            pass_fds=tuple(pass_fds),
-            limit=1 << 20,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *full,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=frames_w,
+                stderr=asyncio.subprocess.PIPE,
+                env=dict(env) if env is not None else {"PATH": "/usr/bin:/bin"},
+                cwd=cwd,
+                user=user,
+                group=group,
+                extra_groups=[] if group is not None else None,
+                start_new_session=True,
+                pass_fds=tuple(pass_fds),
+                limit=1 << 20,
+            )
+        finally:
+            os.close(frames_w)  # the supervisor holds the only writing end: its exit is EOF
     except OSError as exc:
+        os.close(frames_r)
         raise SandboxError(f"cannot start the sandbox ({argv[0]}): {exc}") from exc
     except (TypeError, ValueError) as exc:
+        os.close(frames_r)
         # An event loop other than asyncio's own (uvloop) may not start a process as another
         # user; without that the sandbox cannot drop to its unprivileged user.
         raise SandboxError(
             f"cannot start the sandbox: this event loop ({type(asyncio.get_running_loop())}) "
             f"refused to start it as the sandbox's user ({exc}); use "
             "asyncio's own event loop") from exc
-    if before_start is not None:
-        assert process.stdin is not None
-        try:
-            # In a thread: moving a process between cgroups waits for an RCU grace period
-            # (some milliseconds per controller), which must not stall the event loop.
-            await asyncio.to_thread(before_start, process.pid)
-        except BaseException:
-            process.kill()
-            await process.wait()
-            raise
-        process.stdin.write(b"go\n")
-    channel = SupervisorChannel(process)
-    async with task_scope() as tg:
-        tg.create_task(channel._read_frames())
-        stderr_task = tg.create_task(_drain_stderr(process))
-        try:
+    except BaseException:
+        os.close(frames_r)
+        raise
+    frames = os.fdopen(frames_r, "rb", buffering=0)
+    try:
+        if before_start is not None:
+            assert process.stdin is not None
             try:
-                await channel.ready
-            except SandboxLost:
+                # In a thread: moving a process between cgroups waits for an RCU grace period
+                # (some milliseconds per controller), which must not stall the event loop.
+                await asyncio.to_thread(before_start, process.pid)
+            except BaseException:
+                process.kill()
                 await process.wait()
-                message = (await stderr_task).strip()
-                raise SandboxError(
-                    f"the sandbox failed to start (exit {process.returncode}): "
-                    f"{message or 'no message'}"
-                ) from None
-            yield channel
-        finally:
-            await channel.aclose()
+                raise
+            process.stdin.write(b"go\n")
+        async with task_scope() as tg:
+            channel = SupervisorChannel(process, tg.create_task)
+            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: _FrameReader(channel), frames)
+            stderr_task = tg.create_task(_drain_stderr(process))
+            try:
+                try:
+                    await channel.ready
+                except SandboxLost:
+                    await process.wait()
+                    message = (await stderr_task).strip()
+                    raise SandboxError(
+                        f"the sandbox failed to start (exit {process.returncode}): "
+                        f"{message or 'no message'}"
+                    ) from None
+                yield channel
+            finally:
+                try:
+                    await channel.aclose()
+                finally:
+                    transport.close()
+    finally:
+        frames.close()
 
 
 async def _drain_stderr(process: asyncio.subprocess.Process) -> str:
