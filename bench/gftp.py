@@ -11,7 +11,8 @@ two daemons and our client move when nothing else is done with the bytes.
 
 Each round measures the raw ceiling, downloads the file once and copies it once, alternately,
 so that a busy machine affects all alike; every download is checked against the file's hash
-(``download`` does it). The CPU time each process spent (the two daemons, the serving child,
+(``download`` does it). The downloaded and the copied file are removed after their measure, not
+in it. The CPU time each process spent (the two daemons, the serving child,
 this process) is read from ``/proc`` around each measure. Also shown: a sweep of the ceiling and
 of GFTP over chunk sizes and in-flight counts, and one download with yagna's own window
 (40 KiB, 8 in flight).
@@ -128,7 +129,6 @@ def make_file(path: Path, size: int) -> None:
 
 def copy_file(src: Path, dst: Path) -> int:
     shutil.copyfile(src, dst)
-    dst.unlink()
     return src.stat().st_size
 
 
@@ -169,10 +169,18 @@ async def run(args: argparse.Namespace) -> None:
                 swept: dict[tuple[str, int, int], list[float]] = {}
 
                 async def get_file(chunk_size: int, concurrency: int) -> int:
-                    got = await download(bus, url, dst, chunk_size=chunk_size,
-                                         concurrency=concurrency)
-                    dst.unlink()
-                    return got
+                    return await download(bus, url, dst, chunk_size=chunk_size,
+                                          concurrency=concurrency)
+
+                async def measured_download(chunk_size: int, concurrency: int
+                                            ) -> tuple[float, dict[str, float]]:
+                    # The file is removed after the measure, as the copy's is: freeing a
+                    # quarter of a GiB of page cache is not part of moving it.
+                    try:
+                        return await procs.measure(
+                            functools.partial(get_file, chunk_size, concurrency))
+                    finally:
+                        dst.unlink(missing_ok=True)
 
                 async with open_gsb(b.gsb_url) as bus:
                     await raw_transfer(bus, raw_address, 8 * chunk, chunk, window)  # warm-up
@@ -182,21 +190,21 @@ async def run(args: argparse.Namespace) -> None:
                             lambda: raw_transfer(bus, raw_address, size, chunk, window))
                         raw_rates.append(rate)
                         raw_cpu.append(cpu)
-                        rate, cpu = await procs.measure(lambda: get_file(chunk, window))
+                        rate, cpu = await measured_download(chunk, window)
                         gftp_rates.append(rate)
                         gftp_cpu.append(cpu)
                         copy_rates.append(size / await asyncio.to_thread(
                             lambda: _timed(lambda: copy_file(src, dst))))
+                        dst.unlink()
                     rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
                     for _ in range(args.sweep_rounds if sweep else 0):
                         for chunk_size, concurrency in sweep:
                             rate, _ = await procs.measure(functools.partial(
                                 raw_transfer, bus, raw_address, size, chunk_size, concurrency))
                             swept.setdefault(("raw", chunk_size, concurrency), []).append(rate)
-                            rate, _ = await procs.measure(
-                                functools.partial(get_file, chunk_size, concurrency))
+                            rate, _ = await measured_download(chunk_size, concurrency)
                             swept.setdefault(("gftp", chunk_size, concurrency), []).append(rate)
-                    yagna_like, _ = await procs.measure(lambda: get_file(40 * 1024, 8))
+                    yagna_like, _ = await measured_download(40 * 1024, 8)
             finally:
                 child.stdin.close()
                 await child.wait()
