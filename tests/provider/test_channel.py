@@ -33,9 +33,11 @@ async def test_streamed_output_comes_whole_and_in_order_under_back_pressure() ->
     in order, and the exit comes after the last of it."""
     received: list[bytes] = []
     exited_after: list[int] = []
+    first_held = asyncio.Event()
     gate = asyncio.Event()
 
     async def slow(stream: int, data: bytes) -> None:
+        first_held.set()
         await gate.wait()  # nothing is taken until the test lets it
         received.append(data)
 
@@ -46,8 +48,9 @@ async def test_streamed_output_comes_whole_and_in_order_under_back_pressure() ->
     async with open_channel([sys.executable], limits={}) as channel:
         handle = channel.spawn(["/bin/sh", "-c", f"seq 1 {lines}"], {"PATH": "/usr/bin:/bin"},
                                "/", on_output, stream=True)
-        await asyncio.sleep(0)  # let the first output arrive and wait
-        assert not handle.exited.done()
+        await first_held.wait()
+        # Held: no frame behind the first piece of output is read, the exit included.
+        assert not handle.exited.done() and received == []
         gate.set()
         exit_ = await handle.exited
         exited_after.append(len(received))

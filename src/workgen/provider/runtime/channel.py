@@ -326,6 +326,8 @@ class _FrameReader(asyncio.Protocol):
                         self._channel._spawn_task(after)
                     except RuntimeError:  # the channel is being closed: nothing waits any more
                         after.close()
+                        if asyncio.iscoroutine(awaitable):
+                            awaitable.close()
                         self._channel._mark_lost()
                     return
         finally:
