@@ -90,6 +90,11 @@ def _throughput(out: str) -> list[Row]:
 
     ways = [cpu("execute_tasks"), cpu("raw asyncio"), cpu("xargs")]
     note = "CPU per task: " + ", ".join(w for w in ways) if all(ways) else ""
+    split = re.search(r"^  execute_tasks\s+:\s+([\d.]+) /\s+([\d.]+) supervisors /\s+([\d.]+)",
+                      out, re.MULTILINE)
+    if note and split:
+        note += (f"; execute_tasks' goes to the commands {split.group(1)}, the sandboxes' "
+                 f"supervisors {split.group(2)}, workgen's process {split.group(3)}")
     return [
         Row("tasks/s, execute_tasks on the local network", _number(
             r"execute_tasks, local network:\s+([\d.]+)", out), _number(

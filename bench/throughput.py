@@ -18,7 +18,9 @@ Both figures come from one run, measured alternately so that a busy machine affe
 With both cores busy, tasks/s is the machine's CPU divided by the CPU a task costs, so each way
 also prints its CPU per task over the same interval: the whole machine's (``/proc/stat``: the
 commands, the sandboxes' supervisors, this process, the kernel) and this process's alone (for
-``execute_tasks``: the requestor and the local providers' execution units).
+``execute_tasks``: the requestor and the local providers' execution units). It then splits
+that CPU among the commands themselves, what starts them (the sandboxes' supervisors) and this
+process, from ``/proc``: where a gap to a baseline comes from, not only its size.
 
     .venv/bin/python bench/throughput.py [-n 5000] [--providers 2] [--rounds 2]
 """
@@ -48,10 +50,24 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
+class Split:
+    """Where a task's CPU goes, in ms per task: the commands themselves, what starts them (the
+    sandboxes' supervisors; none for raw asyncio, which is this process, and xargs, which is
+    counted with its commands), this process, and the rest of the machine (the kernel's own
+    threads, other processes)."""
+
+    commands: float
+    spawners: float | None
+    own: float
+    rest: float
+
+
+@dataclass(frozen=True)
 class Figure:
     rate: float  # tasks/s
     machine_ms: float  # CPU per task, the whole machine
     own_ms: float  # CPU per task, this process
+    split: Split | None = None
 
 
 class Clock:
@@ -67,9 +83,55 @@ class Clock:
         own = os.times()
         return time.perf_counter(), busy, own.user + own.system
 
-    def figure(self, n: int) -> Figure:
+    def figure(self, n: int, split: Split | None = None) -> Figure:
         wall, busy, own = (b - a for a, b in zip(self._start, self._now(), strict=True))
-        return Figure(n / wall, busy / n * 1000, own / n * 1000)
+        return Figure(n / wall, busy / n * 1000, own / n * 1000, split)
+
+
+class Tree:
+    """The CPU of this process's descendants, each split into its own and that of the children
+    it has reaped (a supervisor's commands; xargs' commands reach this process when it reaps
+    xargs), with the machine's and this process's, at one moment."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        me, parents, cpu = os.getpid(), {}, {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            parents[int(name)] = int(fields[1])
+            cpu[int(name)] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
+        self.descendants = {pid: cpu[pid] for pid in cpu if pid != me and self._under(pid, me, parents)}
+        own = os.times()
+        self.reaped = own.children_user + own.children_system
+
+    @staticmethod
+    def _under(pid: int, ancestor: int, parents: dict[int, int]) -> bool:
+        while pid in parents and pid > 1:
+            pid = parents[pid]
+            if pid == ancestor:
+                return True
+        return False
+
+    def split_since(self, start: Tree, n: int, *, spawners: bool) -> Split:
+        """Per task over ``n`` tasks between ``start`` and this moment. With ``spawners``, the
+        descendants alive at both moments are the spawners (their reaped children the
+        commands); otherwise what this process reaped is the commands."""
+        _, machine, own = (b - a for a, b in zip(start.clock._start, self.clock._start,
+                                                  strict=True))
+        if spawners:
+            both = self.descendants.keys() & start.descendants.keys()
+            spawner = sum(self.descendants[p][0] - start.descendants[p][0] for p in both) / _TICKS
+            commands = sum(self.descendants[p][1] - start.descendants[p][1] for p in both) / _TICKS
+        else:
+            spawner, commands = 0.0, self.reaped - start.reaped
+        per_task = 1000 / n
+        return Split(commands * per_task, spawner * per_task if spawners else None,
+                     own * per_task, (machine - commands - spawner - own) * per_task)
 
 
 async def worker(context: WorkContext, tasks: AsyncIterator[Task[Any, Any]]) -> Any:
@@ -86,11 +148,19 @@ async def through_golem(n: int, providers: int) -> Figure:
                      event_consumer=display) as golem:
         clock = Clock()
         done = 0
+        # The split is taken between a tenth and nine tenths of the tasks: the activities'
+        # sandboxes start after the first and end after the last.
+        first, last = n // 10, n - n // 10
+        marks: dict[int, Tree] = {}
         async for task in golem.execute_tasks(worker, range(n), payload=vm.repo(),
                                               max_workers=providers):
             assert task.result.success
             done += 1
-        figure = clock.figure(n)
+            if done in (first, last):
+                marks[done] = Tree()
+        split = (marks[last].split_since(marks[first], last - first, spawners=True)
+                 if len(marks) == 2 else None)
+        figure = clock.figure(n, split)
     assert done == n
     return figure
 
@@ -113,11 +183,11 @@ async def through_sandboxes(n: int, concurrency: int) -> Figure:
         channels = [await stack.enter_async_context(open_sandbox(
             SandboxSpec(volumes={}, name=f"bench-{i}"), user=sandbox_user()))
             for i in range(concurrency)]
-        clock = Clock()
+        clock, start = Clock(), Tree()
         async with asyncio.TaskGroup() as tg:
             for channel in channels:
                 tg.create_task(lane(channel))
-        return clock.figure(n)
+        return clock.figure(n, Tree().split_since(start, n, spawners=True))
 
 
 async def through_raw_asyncio(n: int, concurrency: int) -> Figure:
@@ -130,20 +200,20 @@ async def through_raw_asyncio(n: int, concurrency: int) -> Figure:
             await proc.communicate()
             assert proc.returncode == 0
 
-    clock = Clock()
+    clock, start = Clock(), Tree()
     async with asyncio.TaskGroup() as tg:
         for _ in range(concurrency):
             tg.create_task(lane())
-    return clock.figure(n)
+    return clock.figure(n, Tree().split_since(start, n, spawners=False))
 
 
 def through_xargs(n: int, concurrency: int) -> Figure:
     lines = "".join(f"{i}\n" for i in range(n)).encode()
-    clock = Clock()
+    clock, start = Clock(), Tree()
     # -I makes xargs run the command once per input line, leaving the line out of it.
     subprocess.run(["xargs", f"-P{concurrency}", "-I{}", *COMMAND], input=lines,
                    capture_output=True, check=True)
-    return clock.figure(n)
+    return clock.figure(n, Tree().split_since(start, n, spawners=False))
 
 
 def wall_time(*args: str) -> float:
@@ -186,6 +256,18 @@ def main() -> None:
                        ("sandboxes alone", sandboxes)):
         best = max(way, key=lambda f: f.rate)
         print(f"  {label:<26}: {best.machine_ms:6.3f} / {best.own_ms:6.3f}")
+    print("where it goes, ms per task: the commands / what starts them / this process / "
+          "the rest of the machine (to about 0.02: the kernel counts CPU time in ticks)")
+    for label, spawner, way in (
+            ("raw asyncio", "this process", raw), ("execute_tasks", "supervisors", golem),
+            ("xargs", "xargs, with the commands", xargs),
+            ("sandboxes alone", "supervisors", sandboxes)):
+        split = max(way, key=lambda f: f.rate).split
+        if split is not None:
+            starter = f"{split.spawners:6.3f} {spawner}" if split.spawners is not None \
+                else f"({spawner})"
+            print(f"  {label:<26}: {split.commands:6.3f} / {starter} / {split.own:6.3f} / "
+                  f"{split.rest:6.3f}")
     x = max(xargs, key=lambda f: f.rate)
     print(f"  at 0.9x xargs a task may cost {x.machine_ms / 0.9:.3f} ms of machine CPU: "
           f"{x.machine_ms / 0.9 - x.machine_ms:.3f} ms beyond what xargs spends")
