@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator
 
 from workgen import Golem, LocalNetwork, ProgressDisplay, Task, WorkContext, vm
@@ -83,9 +83,9 @@ class Clock:
         own = os.times()
         return time.perf_counter(), busy, own.user + own.system
 
-    def figure(self, n: int, split: Split | None = None) -> Figure:
+    def figure(self, n: int) -> Figure:
         wall, busy, own = (b - a for a, b in zip(self._start, self._now(), strict=True))
-        return Figure(n / wall, busy / n * 1000, own / n * 1000, split)
+        return Figure(n / wall, busy / n * 1000, own / n * 1000)
 
 
 class Tree:
@@ -94,7 +94,7 @@ class Tree:
     xargs), with the machine's and this process's, at one moment."""
 
     def __init__(self) -> None:
-        self.clock = Clock()
+        _, self.machine, self.own = Clock._now()
         me, parents, cpu = os.getpid(), {}, {}
         for name in os.listdir("/proc"):
             if not name.isdigit():
@@ -105,9 +105,10 @@ class Tree:
                 continue  # gone meanwhile
             parents[int(name)] = int(fields[1])
             cpu[int(name)] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
-        self.descendants = {pid: cpu[pid] for pid in cpu if pid != me and self._under(pid, me, parents)}
-        own = os.times()
-        self.reaped = own.children_user + own.children_system
+        self.descendants = {pid: ticks for pid, ticks in cpu.items()
+                            if pid != me and self._under(pid, me, parents)}
+        times = os.times()
+        self.reaped = times.children_user + times.children_system
 
     @staticmethod
     def _under(pid: int, ancestor: int, parents: dict[int, int]) -> bool:
@@ -121,8 +122,7 @@ class Tree:
         """Per task over ``n`` tasks between ``start`` and this moment. With ``spawners``, the
         descendants alive at both moments are the spawners (their reaped children the
         commands); otherwise what this process reaped is the commands."""
-        _, machine, own = (b - a for a, b in zip(start.clock._start, self.clock._start,
-                                                  strict=True))
+        machine, own = self.machine - start.machine, self.own - start.own
         if spawners:
             both = self.descendants.keys() & start.descendants.keys()
             spawner = sum(self.descendants[p][0] - start.descendants[p][0] for p in both) / _TICKS
@@ -160,7 +160,7 @@ async def through_golem(n: int, providers: int) -> Figure:
                 marks[done] = Tree()
         split = (marks[last].split_since(marks[first], last - first, spawners=True)
                  if len(marks) == 2 else None)
-        figure = clock.figure(n, split)
+        figure = replace(clock.figure(n), split=split)
     assert done == n
     return figure
 
@@ -183,11 +183,13 @@ async def through_sandboxes(n: int, concurrency: int) -> Figure:
         channels = [await stack.enter_async_context(open_sandbox(
             SandboxSpec(volumes={}, name=f"bench-{i}"), user=sandbox_user()))
             for i in range(concurrency)]
-        clock, start = Clock(), Tree()
+        start = Tree()  # taken outside the measure, as are the last ones
+        clock = Clock()
         async with asyncio.TaskGroup() as tg:
             for channel in channels:
                 tg.create_task(lane(channel))
-        return clock.figure(n, Tree().split_since(start, n, spawners=True))
+        figure = clock.figure(n)
+        return replace(figure, split=Tree().split_since(start, n, spawners=True))
 
 
 async def through_raw_asyncio(n: int, concurrency: int) -> Figure:
@@ -200,20 +202,24 @@ async def through_raw_asyncio(n: int, concurrency: int) -> Figure:
             await proc.communicate()
             assert proc.returncode == 0
 
-    clock, start = Clock(), Tree()
+    start = Tree()
+    clock = Clock()
     async with asyncio.TaskGroup() as tg:
         for _ in range(concurrency):
             tg.create_task(lane())
-    return clock.figure(n, Tree().split_since(start, n, spawners=False))
+    figure = clock.figure(n)
+    return replace(figure, split=Tree().split_since(start, n, spawners=False))
 
 
 def through_xargs(n: int, concurrency: int) -> Figure:
     lines = "".join(f"{i}\n" for i in range(n)).encode()
-    clock, start = Clock(), Tree()
+    start = Tree()
+    clock = Clock()
     # -I makes xargs run the command once per input line, leaving the line out of it.
     subprocess.run(["xargs", f"-P{concurrency}", "-I{}", *COMMAND], input=lines,
                    capture_output=True, check=True)
-    return clock.figure(n, Tree().split_since(start, n, spawners=False))
+    figure = clock.figure(n)
+    return replace(figure, split=Tree().split_since(start, n, spawners=False))
 
 
 def wall_time(*args: str) -> float:
@@ -257,7 +263,8 @@ def main() -> None:
         best = max(way, key=lambda f: f.rate)
         print(f"  {label:<26}: {best.machine_ms:6.3f} / {best.own_ms:6.3f}")
     print("where it goes, ms per task: the commands / what starts them / this process / "
-          "the rest of the machine (to about 0.02: the kernel counts CPU time in ticks)")
+          "the rest of the machine (kernel threads, other processes; CPU time is counted in "
+          "ticks, so each figure is within about 0.02)")
     for label, spawner, way in (
             ("raw asyncio", "this process", raw), ("execute_tasks", "supervisors", golem),
             ("xargs", "xargs, with the commands", xargs),
