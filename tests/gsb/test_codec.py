@@ -133,6 +133,47 @@ def test_a_large_frame_is_received_in_place_whatever_the_reads() -> None:
         assert decoder.buffered == 0
 
 
+def _big_reply(fill: int, size: int = 1 << 20) -> bytes:
+    return encode_frame(CallReply(request_id=f"r-{fill}", data=bytes([fill]) * size))
+
+
+def _data(message: GsbMessage) -> memoryview:
+    assert isinstance(message, CallReply) and isinstance(message.data, memoryview)
+    return message.data
+
+
+def test_a_large_frame_buffer_is_reused_once_nothing_views_it() -> None:
+    decoder = FrameDecoder()
+    [first] = decoder.feed(_big_reply(1))
+    buffer = _data(first).obj
+    del first  # the consumer is done with the chunk
+    [second] = decoder.feed(_big_reply(2))
+    assert _data(second).obj is buffer
+    assert bytes(_data(second)) == bytes([2]) * (1 << 20)
+
+
+def test_a_buffer_still_viewed_is_never_written_over() -> None:
+    decoder = FrameDecoder()
+    [first] = decoder.feed(_big_reply(1))
+    kept = _data(first)[10:20]  # a slice is a view too
+    del first
+    received = [decoder.feed(_big_reply(fill)) for fill in range(2, 6)]
+    assert bytes(kept) == bytes([1]) * 10
+    assert all(_data(m).obj is not kept.obj for [m] in received)
+
+
+def test_buffers_kept_for_reuse_are_bounded() -> None:
+    decoder = FrameDecoder()
+    held = [decoder.feed(_big_reply(fill % 256))[0] for fill in range(40)]
+    buffers = [_data(m).obj for m in held]  # the buffers, not views: free once held is gone
+    del held
+    again = [decoder.feed(_big_reply(7))[0] for _ in range(40)]
+    reused = [b for b in buffers if any(_data(m).obj is b for m in again)]
+    assert 0 < len(reused) < 40
+    assert sum(len(b) for b in reused) <= 16 * 1024 * 1024
+    assert all(bytes(_data(m)[:1]) == b"\x07" for m in again)
+
+
 def test_a_large_frame_cut_short_counts_as_buffered() -> None:
     decoder = FrameDecoder()
     frame_bytes = encode_frame(CallReply(request_id="r", data=bytes(100_000)))

@@ -33,8 +33,9 @@ Throughput comes from big chunks, a few in flight: yagna asks 40 KiB, 8 (exe uni
 time; we ask 1 MiB, 8 at once -- a yagna publisher serves any size asked, a yagna receiver
 writes any size sent -- which moved data ~4x faster through two daemons here. Memory stays at
 about ``concurrency`` chunks on either side, whatever the file size. A chunk is not copied on
-our side: it is served as the buffer it was read into, received into a buffer of its own, and
-written and hashed from there, in file order, in worker threads. What remains beyond the GSB's
+our side: it is served as the buffer it was read into, received into a buffer of its own (one
+the connection reuses once the chunk is written), and written and hashed from there, in file
+order, in worker threads. What remains beyond the GSB's
 own cost is the SHA3-256 check (about 1.6 s of CPU per GB), which the downloader cannot skip
 (``bench/gftp.py`` measures both).
 """

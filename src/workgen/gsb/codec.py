@@ -44,6 +44,10 @@ MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 # Frames are gathered in a buffer of this size; a larger one is received into its own.
 _STAGING_SIZE: Final = 256 * 1024
+# Large frames' buffers kept for reuse, per connection (freed with it): a GFTP window of 1 MiB
+# chunks and more.
+_POOL_BUFFERS: Final = 16
+_POOL_BYTES: Final = 16 * 1024 * 1024
 
 
 
@@ -367,8 +371,9 @@ class FrameDecoder:
         self._max = max_frame_size
         self._buf = bytearray(_STAGING_SIZE)
         self._start = self._end = 0  # the bytes not decoded yet are self._buf[start:end]
-        self._frame: bytearray | None = None  # a large frame being received in place
+        self._frame: memoryview | None = None  # a large frame being received in place
         self._filled = 0
+        self._pool = _BufferPool(_POOL_BUFFERS, _POOL_BYTES)
         self._error: GsbProtocolError | None = None
 
     @property
@@ -383,7 +388,7 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         if self._frame is not None:
-            return memoryview(self._frame)[self._filled:]
+            return self._frame[self._filled:]
         if self._end == len(self._buf):  # move the start of a frame to the front
             unread = self._end - self._start
             self._buf[:unread] = self._buf[self._start:self._end]
@@ -403,7 +408,7 @@ class FrameDecoder:
             if self._filled < len(self._frame):
                 return []
             frame, self._frame = self._frame, None
-            return [decode_message(memoryview(frame).toreadonly())]
+            return [decode_message(frame.toreadonly())]
         except GsbProtocolError as exc:
             self._error = exc
             raise
@@ -432,7 +437,7 @@ class FrameDecoder:
                 messages.append(decode_message(bytes(buf[start:stop])))
                 pos = stop
             elif length >= BY_REFERENCE:  # large: the rest goes straight into its own buffer
-                self._frame = bytearray(length)
+                self._frame = memoryview(self._pool.take(length))[:length]
                 self._filled = end - start
                 self._frame[:self._filled] = memoryview(buf)[start:end]
                 pos = end
@@ -441,3 +446,44 @@ class FrameDecoder:
                 break
         self._start, self._end = (pos, end) if pos < end else (0, 0)
         return messages
+
+
+class _BufferPool:
+    """Buffers for large frames, each reused once nothing views it any more.
+
+    A large frame's message views the buffer it arrived in (a GFTP chunk is written and hashed
+    from there, in a worker thread), so a buffer is busy for as long as its consumer keeps a
+    view. With a new buffer per frame, the C allocator gives a window's worth of megabytes
+    back to the kernel and faults it in again: 60,000 to 100,000 page faults per GB downloaded
+    (about 7,000 with reuse), 7-11% of the downloader's CPU. A ``bytearray`` that is still
+    viewed cannot be resized; that is how a free buffer is told from a busy one. Bounded by
+    count and bytes: a frame that finds no free buffer gets a new one, kept if there is room.
+    """
+
+    def __init__(self, max_buffers: int, max_bytes: int) -> None:
+        self._buffers: list[bytearray] = []
+        self._max_buffers = max_buffers
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of ``size`` to ``2 * size`` bytes that nothing views."""
+        for buffer in self._buffers:
+            if size <= len(buffer) <= 2 * size and _unused(buffer):
+                return buffer
+        # Allocated a byte longer than it is: _unused's probe then never reallocates.
+        buffer = bytearray(size + 1)
+        del buffer[size:]
+        if len(self._buffers) < self._max_buffers and self._bytes + size <= self._max_bytes:
+            self._buffers.append(buffer)
+            self._bytes += size
+        return buffer
+
+
+def _unused(buffer: bytearray) -> bool:
+    try:
+        buffer.append(0)  # refused while any view of the buffer exists
+    except BufferError:
+        return False
+    del buffer[-1]
+    return True
