@@ -150,6 +150,11 @@ def test_a_large_frame_buffer_is_reused_once_nothing_views_it() -> None:
     [second] = decoder.feed(_big_reply(2))
     assert _data(second).obj is buffer
     assert bytes(_data(second)) == bytes([2]) * (1 << 20)
+    del second
+    # A smaller frame in the same buffer shows its own bytes only, none of the last frame's.
+    [third] = decoder.feed(_big_reply(3, size=600_000))
+    assert _data(third).obj is buffer
+    assert bytes(_data(third)) == bytes([3]) * 600_000
 
 
 def test_a_buffer_still_viewed_is_never_written_over() -> None:
