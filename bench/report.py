@@ -279,7 +279,7 @@ def chart(rows: list[tuple[str, float, bool | None]], path: Path) -> None:
     top = pad + 30
     for i, (label, ratio, met) in enumerate(rows):
         y = top + i * (bar + 8)
-        draw.text((pad, y + 7), label[:58], fill="black")
+        draw.text((pad, y + 7), label if len(label) <= 58 else label[:57] + "…", fill="black")
         colour = {True: (46, 139, 87), False: (205, 92, 92), None: (150, 150, 150)}[met]
         draw.rectangle((left, y, left + ratio * scale, y + bar), fill=colour)
         draw.text((left + ratio * scale + 6, y + 7), f"{ratio:.2f}x", fill="black")
