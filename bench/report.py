@@ -104,6 +104,10 @@ def _throughput(out: str) -> list[Row]:
             r"execute_tasks, local network:\s+([\d.]+)", out), _number(
             r"xargs -P\d+\s+:\s+([\d.]+)", out), "tasks/s", "xargs -P", min_ratio=0.9,
             note=note),
+        *[Row(f"tasks/s, the same against {name}", _number(
+            r"execute_tasks, local network:\s+([\d.]+)", out), float(rate), "tasks/s",
+            f"{name}, the same commands as its tasks") for name, rate in re.findall(
+            r"^((?:Ray|Dask) [\w.]+) \(same commands\)\s*:\s+([\d.]+)", out, re.MULTILINE)],
         Row("examples/hello.py wall time", _number(r"hello.py wall time\s+:\s+([\d.]+)", out),
             _number(r"python -c pass wall time\s+:\s+([\d.]+)", out), "s", "python -c pass",
             max_value=1.0, higher_is_better=False),

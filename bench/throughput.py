@@ -12,6 +12,9 @@ Both figures come from one run, measured alternately so that a busy machine affe
 * tasks/s of the same commands spawned straight through the activity sandboxes' supervisors
   (P sandboxes, no exe unit, no requestor): the floor of the design, to tell what the sandbox
   costs from what the engine above it costs.
+* tasks/s of the same commands as tasks of Ray and of Dask at the same concurrency (no
+  target: the frameworks a user might otherwise take), when ``scripts/setup-frameworks.sh``
+  has made their environment (``bench/frameworks.py`` runs them there).
 * the wall time of ``python examples/hello.py`` from process start to exit (target < 1 s),
   next to ``python -c pass`` as the floor of any Python program.
 
@@ -31,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -45,6 +49,7 @@ from workgen.provider.runtime.channel import SupervisorChannel
 from workgen.provider.runtime.sandbox import DEFAULT_PATH, SandboxSpec, open_sandbox, sandbox_user
 
 ROOT = Path(__file__).resolve().parents[1]
+FRAMEWORKS_PYTHON = ROOT / ".venv-frameworks" / "bin" / "python"
 COMMAND = ("/bin/sh", "-c", "date")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -222,6 +227,17 @@ def through_xargs(n: int, concurrency: int) -> Figure:
     return replace(figure, split=Tree().split_since(start, n, spawners=False))
 
 
+def through_framework(name: str, n: int, concurrency: int) -> tuple[str, Figure] | None:
+    """Ray's or Dask's figure from ``bench/frameworks.py`` in their own environment, if made."""
+    if not FRAMEWORKS_PYTHON.exists():
+        return None
+    done = subprocess.run([str(FRAMEWORKS_PYTHON), str(ROOT / "bench" / "frameworks.py"), name,
+                           "-n", str(n), "--concurrency", str(concurrency)],
+                          capture_output=True, text=True, check=True)
+    figure = json.loads(done.stdout.strip().splitlines()[-1])
+    return figure["name"], Figure(figure["rate"], figure["machine_ms"], 0.0)
+
+
 def wall_time(*args: str) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, *args], cwd=ROOT, check=True, capture_output=True)
@@ -237,11 +253,15 @@ def main() -> None:
     args = parser.parse_args()
 
     golem, raw, xargs, sandboxes = [], [], [], []
+    frameworks: dict[str, list[Figure]] = {}
     for _ in range(args.rounds):
         raw.append(asyncio.run(through_raw_asyncio(args.n, args.providers)))
         golem.append(asyncio.run(through_golem(args.n, args.providers)))
         xargs.append(through_xargs(args.n, args.providers))
         sandboxes.append(asyncio.run(through_sandboxes(args.n, args.providers)))
+        for framework in ("ray", "dask"):
+            if (named := through_framework(framework, args.n, args.providers)) is not None:
+                frameworks.setdefault(named[0], []).append(named[1])
     golem_rates, raw_rates, xargs_rates = ([f.rate for f in way] for way in (golem, raw, xargs))
     best_g, best_r, best_x = max(golem_rates), max(raw_rates), max(xargs_rates)
     print(f"tasks: {args.n} x {args.rounds} rounds, {args.providers} providers = concurrency "
@@ -255,6 +275,14 @@ def main() -> None:
     best_s = max(f.rate for f in sandboxes)
     print(f"sandboxes alone (no exe unit, no requestor): {best_s:8.1f} tasks/s  (rounds: "
           + ", ".join(f"{f.rate:.0f}" for f in sandboxes) + f"), {best_s / best_x:.2f}x xargs")
+    for name, figures in frameworks.items():
+        best_f = max(figures, key=lambda f: f.rate)
+        print(f"{name + ' (same commands)':<28}: {best_f.rate:8.1f} tasks/s  (rounds: "
+              + ", ".join(f"{f.rate:.0f}" for f in figures) + f"), execute_tasks "
+              f"{best_g / best_f.rate:.2f}x; machine CPU per task {best_f.machine_ms:.3f} ms")
+    if not frameworks:
+        print("Ray, Dask                   : not measured (bash scripts/setup-frameworks.sh "
+              "makes their environment)")
     print(f"ratio execute_tasks / raw   : {best_g / best_r:8.2f}  (target >= 1.0)")
     print(f"ratio execute_tasks / xargs : {best_g / best_x:8.2f}  (target >= 0.9)")
     print("CPU per task, best round, ms : machine / this process")
