@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 COMMAND = ("/bin/sh", "-c", "date")
@@ -36,7 +37,7 @@ def machine_busy() -> float:
     return (sum(fields) - fields[3] - fields[4]) / _TICKS  # all but idle and iowait
 
 
-def timed(submit_all) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def timed(submit_all: Callable[[], list[int]]) -> tuple[float, float]:
     """Wall time and the machine's busy CPU time of ``submit_all()``."""
     busy, start = machine_busy(), time.perf_counter()
     codes = submit_all()
