@@ -167,16 +167,21 @@ def test_a_buffer_still_viewed_is_never_written_over() -> None:
     assert all(_data(m).obj is not kept.obj for [m] in received)
 
 
-def test_buffers_kept_for_reuse_are_bounded() -> None:
+@pytest.mark.parametrize("size", [300_000, 1 << 20], ids=["count-bound", "byte-bound"])
+def test_buffers_kept_for_reuse_are_bounded(size: int) -> None:
+    # Frames too large for the staging buffer (256 KiB): 40 of 300 kB meet the pool's count
+    # limit (16) first, 40 of 1 MiB its bytes (16 MiB).
     decoder = FrameDecoder()
-    held = [decoder.feed(_big_reply(fill % 256))[0] for fill in range(40)]
+    held = [decoder.feed(_big_reply(fill, size))[0] for fill in range(40)]
     buffers = [_data(m).obj for m in held]  # the buffers, not views: free once held is gone
     del held
-    again = [decoder.feed(_big_reply(7))[0] for _ in range(40)]
+    again = [decoder.feed(_big_reply(100 + fill, size))[0] for fill in range(40)]
     reused = [b for b in buffers if any(_data(m).obj is b for m in again)]
-    assert 0 < len(reused) < 40
+    assert 0 < len(reused) <= 16
     assert sum(len(b) for b in reused) <= 16 * 1024 * 1024
-    assert all(bytes(_data(m)[:1]) == b"\x07" for m in again)
+    # All 40 are alive at once: each still shows its own content, none another's.
+    assert [bytes(_data(m)[::size // 7]) for m in again] == [
+        bytes([100 + fill]) * len(range(0, size, size // 7)) for fill in range(40)]
 
 
 def test_a_large_frame_cut_short_counts_as_buffered() -> None:

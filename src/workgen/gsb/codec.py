@@ -48,6 +48,7 @@ _STAGING_SIZE: Final = 256 * 1024
 # chunks and more.
 _POOL_BUFFERS: Final = 16
 _POOL_BYTES: Final = 16 * 1024 * 1024
+_STEP: Final = 64 * 1024
 
 
 
@@ -456,8 +457,12 @@ class _BufferPool:
     view. With a new buffer per frame, the C allocator gives a window's worth of megabytes
     back to the kernel and faults it in again: 60,000 to 100,000 page faults per GB downloaded
     (about 7,000 with reuse), 7-11% of the downloader's CPU. A ``bytearray`` that is still
-    viewed cannot be resized; that is how a free buffer is told from a busy one. Bounded by
-    count and bytes: a frame that finds no free buffer gets a new one, kept if there is room.
+    viewed cannot be resized; that is how a free buffer is told from a busy one.
+
+    Buffers are sized in steps of ``_STEP``: frames of one kind differ by a few bytes (a GFTP
+    chunk's offset takes 1 to 8), and one buffer fits them all. Bounded by count and bytes: a
+    frame that finds no free buffer that fits gets a new one, kept if there is room, or in
+    place of a free one that does not fit (the frames a connection sees change size).
     """
 
     def __init__(self, max_buffers: int, max_bytes: int) -> None:
@@ -467,17 +472,28 @@ class _BufferPool:
         self._bytes = 0
 
     def take(self, size: int) -> bytearray:
-        """A buffer of ``size`` to ``2 * size`` bytes that nothing views."""
-        for buffer in self._buffers:
-            if size <= len(buffer) <= 2 * size and _unused(buffer):
-                return buffer
+        """A buffer of ``size`` to ``2 * size`` bytes (rounded up) that nothing views."""
+        unfit: int | None = None  # a free buffer of another size, to give way to this one
+        for index, buffer in enumerate(self._buffers):
+            if size <= len(buffer) <= 2 * size + _STEP:
+                if _unused(buffer):
+                    return buffer
+            elif unfit is None and _unused(buffer):
+                unfit = index
+        capacity = -(-size // _STEP) * _STEP
         # Allocated a byte longer than it is: _unused's probe then never reallocates.
-        buffer = bytearray(size + 1)
-        del buffer[size:]
-        if len(self._buffers) < self._max_buffers and self._bytes + size <= self._max_bytes:
+        buffer = bytearray(capacity + 1)
+        del buffer[capacity:]
+        if unfit is not None and not self._room(capacity):
+            self._bytes -= len(self._buffers.pop(unfit))
+        if self._room(capacity):
             self._buffers.append(buffer)
-            self._bytes += size
+            self._bytes += capacity
         return buffer
+
+    def _room(self, capacity: int) -> bool:
+        return (len(self._buffers) < self._max_buffers
+                and self._bytes + capacity <= self._max_bytes)
 
 
 def _unused(buffer: bytearray) -> bool:
