@@ -35,9 +35,9 @@ writes any size sent -- which moved data ~4x faster through two daemons here. Me
 about ``concurrency`` chunks on either side, whatever the file size. A chunk is not copied on
 our side: it is served as the buffer it was read into, received into a buffer of its own (one
 the connection reuses once the chunk is written), and written and hashed from there, in file
-order, in worker threads. What remains beyond the GSB's
-own cost is the SHA3-256 check (about 1.6 s of CPU per GB), which the downloader cannot skip
-(``bench/gftp.py`` measures both).
+order, in worker threads. What remains beyond the GSB's own cost is the SHA3-256 check (about
+2.4 s of CPU per GB) and the write, which the downloader cannot skip (``bench/gftp.py``
+measures both).
 """
 
 from __future__ import annotations
