@@ -125,11 +125,24 @@ def _long_run(out: str) -> list[Row]:
     rss = re.findall(r"RSS at\s+(\d+) tasks:\s+([\d.]+) MiB", out)
     last = float(rss[-1][1]) if rss else None
     tasks = rss[-1][0] if rss else "?"
+    devnet = "network: devnet" in out
+    where = ", devnet, the requestor" if devnet else ""
     growth = _number(r"growth after the first two fifths: ([-\d.]+)", out)
-    return [Row(f"RSS after {tasks} tasks", last, _number(
+    rows = [Row(f"RSS after {tasks} tasks{where}", last, _number(
         r"baseline RSS \(Golem started, no task yet\):\s+([\d.]+)", out), "MiB",
         "RSS before the first task", max_value=250, higher_is_better=False,
         note=f"growth {growth:.1f} B/task once warm" if growth is not None else "")]
+    # On a devnet, each provider agent (its activity's exe unit inside) is a process too.
+    for name, first, last_agent in re.findall(
+            r"^  (agent of \S+)\s+([\d.]+) / (?:[\d.]+ / )*([\d.]+)$", out, re.MULTILINE):
+        growth = _number(rf"growth after the first two fifths \({re.escape(name)}\): ([-\d.]+)",
+                         out)
+        rows.append(Row(f"RSS after {tasks} tasks, devnet, the {name}", float(last_agent),
+                        float(first), "MiB", "RSS before the first task", max_value=250,
+                        higher_is_better=False,
+                        note=f"growth {growth:.1f} B/task once warm" if growth is not None
+                        else ""))
+    return rows
 
 
 def _gftp(out: str) -> list[Row]:
@@ -204,6 +217,8 @@ BENCHES = (
           _throughput),
     Bench("exeunit", ("bench/exeunit.py",), ("-n", "500",), _exeunit),
     Bench("long_run", ("bench/long_run.py",), ("-n", "20000"), _long_run),
+    Bench("long_run_devnet", ("bench/long_run.py", "--network", "devnet", "-n", "20000"),
+          ("-n", "3000"), _long_run),
     Bench("scripts", ("bench/scripts.py",), ("-n", "100", "--tasks", "100"), _scripts),
     Bench("gftp", ("bench/gftp.py",), ("--size-mib", "64", "--rounds", "1", "--sweep-rounds", "0"),
           _gftp),
