@@ -104,6 +104,11 @@ def _throughput(out: str) -> list[Row]:
             r"execute_tasks, local network:\s+([\d.]+)", out), _number(
             r"xargs -P\d+\s+:\s+([\d.]+)", out), "tasks/s", "xargs -P", min_ratio=0.9,
             note=note),
+        Row("tasks/s, the sandboxes alone (no exe unit, no requestor) against xargs -P",
+            _number(r"sandboxes alone \(no exe unit, no requestor\):\s+([\d.]+)", out), _number(
+            r"xargs -P\d+\s+:\s+([\d.]+)", out), "tasks/s", "xargs -P",
+            note="the floor under the engine: the same commands straight through the "
+            "activities' sandboxes"),
         *[Row(f"tasks/s, the same against {name}", _number(
             r"execute_tasks, local network:\s+([\d.]+)", out), float(rate), "tasks/s",
             f"{name}, the same commands as its tasks") for name, rate in re.findall(
