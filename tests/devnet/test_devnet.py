@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from workgen.devnet import (
-    Devnet, DevnetRunning, DevnetState, NodeState, ProcessRef, YagnaNotFound, find_yagna,
+    Devnet, DevnetRunning, DevnetState, NodeState, ProcessRef, Stopped, YagnaNotFound, find_yagna,
 )
 from workgen.devnet.errors import DaemonStartError
 
@@ -355,6 +355,30 @@ def test_agents_are_recorded_and_stopped_first(devnets: Any) -> None:
     stopped = devnet.down()
     assert [s.what for s in stopped] == ["agent agent-1", "provider-1", "requestor"]
     assert not alive(agent.pid)
+
+
+def test_agents_started_from_a_background_job_still_stop_cleanly(devnets: Any,
+                                                                 tmp_path: Path) -> None:
+    """A shell starts background jobs with SIGINT ignored, and programs inherit that. The
+    devnet's agents must still get the SIGINT that ``down`` sends, and clean up."""
+    devnet = devnets("net")
+    devnet.up(providers=1)
+    code = ("import time\ntry:\n    print('waiting', flush=True)\n    time.sleep(120)\n"
+            "except KeyboardInterrupt:\n    print('cleaned up', flush=True)")
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        agent = devnet.start_agent("agent-1", "provider-1", [sys.executable, "-c", code],
+                                   log_path=tmp_path / "agent.log")  # down removes the nodes'
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+    devnets.note_pids()
+    assert agent.log_path is not None
+    deadline = time.monotonic() + 10
+    while not agent.log_path.read_text() and time.monotonic() < deadline:
+        ProcessRef(agent.pid, agent.start_time).wait(0.1)  # the agent prints, then sleeps
+    stopped = devnet.down()
+    assert stopped[0] == Stopped("agent agent-1", agent.pid, "stopped")
+    assert agent.log_path.read_text().split() == ["waiting", "cleaned", "up"]
 
 
 # --- the command line --------------------------------------------------------------------------

@@ -37,8 +37,12 @@ logger = logging.getLogger(__name__)
 # argv[1], prints its PID and start time, and exits without waiting, so the process belongs to
 # no one of ours. The start time is read here because only the parent can read it race-free:
 # until the parent exits, even a child that died at once keeps its /proc entry (as a zombie).
+# SIGINT goes back to its default action for the program: a devnet started from a background
+# job (`cmd &` in a script, CI steps) inherits SIGINT ignored, and a Python agent that ignores
+# it could not clean up when `down` sends it.
 _LAUNCHER = """\
-import os, subprocess, sys
+import os, signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
 with open(sys.argv[1], "ab") as log:
     child = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                              start_new_session=True)
